@@ -1,0 +1,35 @@
+# make train: create .venv if missing, install, train with the defaults.
+# make test:  create .venv if missing, install, run the test suite.
+# DATA_DIR=path points at a local copy of CIFAR-10 (folder or .tar.gz);
+# without it the official archive is downloaded (and cached).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?=
+ARGS ?=
+
+.PHONY: train test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/cifar-resnet train $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
