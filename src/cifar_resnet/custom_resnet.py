@@ -1,0 +1,119 @@
+"""David Page's ResNet-9 ("custom ResNet") for 32x32 images, as in SPEC section 1.
+
+Block outputs at width 1.0, for a (N, 3, 32, 32) input:
+
+    prep_layer  Conv 3->64, norm, ReLU                              (N, 64, 32, 32)
+    layer1      Conv 64->128, MaxPool 2, norm, ReLU  + residual     (N, 128, 16, 16)
+    layer2      Conv 128->256, MaxPool 2, norm, ReLU                (N, 256, 8, 8)
+    layer3      Conv 256->512, MaxPool 2, norm, ReLU + residual     (N, 512, 4, 4)
+    head        MaxPool 4, flatten, Linear 512->10                  (N, 10)
+
+The forward pass returns logits: ``CrossEntropyLoss`` applies log-softmax itself,
+so a softmax inside the model would be applied twice. Callers that show
+probabilities apply ``softmax`` themselves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+NORMS = ("batch", "group", "layer")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """Normalisation layer over ``channels`` feature maps."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        # Up to 32 groups, always dividing the channel count (width multipliers
+        # give channel counts such as 16 or 48).
+        return nn.GroupNorm(math.gcd(32, channels), channels)
+    if kind == "layer":
+        # LayerNorm over (C, H, W) of each image: GroupNorm with one group.
+        return nn.GroupNorm(1, channels)
+    raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {kind!r}")
+
+
+class ConvBlock(nn.Sequential):
+    """Conv 3x3 (stride 1, padding 1) -> [MaxPool 2] -> norm -> ReLU -> [Dropout]."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        pool: bool,
+        norm: str,
+        dropout: float,
+        conv_bias: bool,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=conv_bias)
+        ]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+        layers += [_norm(norm, out_channels), nn.ReLU(inplace=True)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
+
+
+class ResidualLayer(nn.Module):
+    """X = ConvBlock with pooling; out = X + (ConvBlock -> ConvBlock)(X)."""
+
+    def __init__(self, in_channels: int, out_channels: int, **block: object) -> None:
+        super().__init__()
+        self.conv = ConvBlock(in_channels, out_channels, pool=True, **block)
+        self.res = nn.Sequential(
+            ConvBlock(out_channels, out_channels, pool=False, **block),
+            ConvBlock(out_channels, out_channels, pool=False, **block),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return x + self.res(x)
+
+
+class CustomResNet(nn.Module):
+    """ResNet-9 with a choice of normalisation, dropout and width; returns logits."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        *,
+        width: float = 1.0,
+        norm: str = "batch",
+        dropout: float = 0.0,
+        conv_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if norm not in NORMS:
+            raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if not width > 0:
+            raise ConfigError(f"--width must be > 0, got {width}")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {dropout}")
+        c1, c2, c3, c4 = (max(1, round(c * width)) for c in (64, 128, 256, 512))
+        block = {"norm": norm, "dropout": dropout, "conv_bias": conv_bias}
+        self.prep_layer = ConvBlock(3, c1, pool=False, **block)
+        self.layer1 = ResidualLayer(c1, c2, **block)
+        self.layer2 = ConvBlock(c2, c3, pool=True, **block)
+        self.layer3 = ResidualLayer(c3, c4, **block)
+        self.head = nn.Sequential(nn.MaxPool2d(4), nn.Flatten(), nn.Linear(c4, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.prep_layer(x)  # (N, 64w, 32, 32)
+        x = self.layer1(x)  # (N, 128w, 16, 16)
+        x = self.layer2(x)  # (N, 256w, 8, 8)
+        x = self.layer3(x)  # (N, 512w, 4, 4)
+        return self.head(x)  # (N, num_classes) logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from cifar_resnet.custom_resnet import CustomResNet, count_parameters
+from cifar_resnet.errors import ConfigError
+
+
+def test_default_has_the_reference_parameter_count():
+    assert count_parameters(CustomResNet()) == 6_573_130
+
+
+def test_conv_biases_add_exactly_their_parameters():
+    assert count_parameters(CustomResNet(conv_bias=True)) == 6_575_370
+
+
+def test_block_output_shapes_follow_the_spec_table():
+    model = CustomResNet().eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = {
+        "prep_layer": (2, 64, 32, 32),
+        "layer1": (2, 128, 16, 16),
+        "layer2": (2, 256, 8, 8),
+        "layer3": (2, 512, 4, 4),
+        "head": (2, 10),
+    }
+    with torch.no_grad():
+        for name, shape in expected.items():
+            x = getattr(model, name)(x)
+            assert tuple(x.shape) == shape, name
+
+
+def test_forward_returns_logits_not_probabilities():
+    torch.manual_seed(0)
+    out = CustomResNet(width=0.25).eval()(torch.randn(4, 3, 32, 32))
+    # softmax output would sum to 1 with entries in [0, 1]; logits do not
+    assert not torch.allclose(out.sum(1), torch.ones(4))
+    assert (out < 0).any()
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "layer"])
+@pytest.mark.parametrize("width", [0.25, 1.0])
+def test_every_variant_runs_forward_and_backward(norm, width):
+    model = CustomResNet(width=width, norm=norm, dropout=0.1)
+    x = torch.randn(2, 3, 32, 32)
+    model(x).logsumexp(1).mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_width_scales_channels():
+    model = CustomResNet(width=0.25)
+    x = model.layer3(model.layer2(model.layer1(model.prep_layer(torch.randn(1, 3, 32, 32)))))
+    assert x.shape == (1, 128, 4, 4)
+
+
+def test_dropout_zero_adds_no_layers_and_positive_dropout_is_active_in_training():
+    assert not any(isinstance(m, torch.nn.Dropout) for m in CustomResNet(width=0.25).modules())
+    model = CustomResNet(width=0.25, dropout=0.5).train()
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"norm": "instance"}, {"width": 0}, {"dropout": 1.0}, {"dropout": -0.1}]
+)
+def test_bad_options_raise_config_error(kwargs):
+    with pytest.raises(ConfigError):
+        CustomResNet(**kwargs)
