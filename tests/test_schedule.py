@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+
+from cifar_resnet.schedule import one_cycle_lr, one_cycle_scheduler
+
+
+def _spec_lr(step, spe, epochs, peak_epoch, lo, hi):
+    """The spec in words: min at step 0, max at the last step of the peak epoch, min at the end."""
+    return float(np.interp(step, [0, peak_epoch * spe - 1, epochs * spe - 1], [lo, hi, lo]))
+
+
+@pytest.mark.parametrize(("spe", "epochs", "peak"), [(98, 24, 5), (7, 6, 2), (5, 3, 1)])
+def test_scheduler_lr_at_every_step_matches_the_closed_form(spe, epochs, peak):
+    lo, hi = 4e-4, 4e-3
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([param], lr=123.0)
+    sched = one_cycle_scheduler(
+        opt, steps_per_epoch=spe, epochs=epochs, peak_epoch=peak, min_lr=lo, max_lr=hi
+    )
+    seen = []
+    for _ in range(spe * epochs):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [_spec_lr(s, spe, epochs, peak, lo, hi) for s in range(spe * epochs)]
+    np.testing.assert_allclose(seen, expected, rtol=1e-12, atol=0)
+    assert seen[0] == pytest.approx(lo, rel=1e-12)
+    assert seen[peak * spe - 1] == pytest.approx(hi, rel=1e-12)
+    assert max(seen) == pytest.approx(hi, rel=1e-12)
+    assert seen[-1] == pytest.approx(lo, rel=1e-12)
+    assert min(seen) >= lo * (1 - 1e-12)
+    # past the end (the scheduler is stepped once more) it stays at LRMIN, never below
+    assert opt.param_groups[0]["lr"] >= lo * (1 - 1e-12)
+
+
+def test_spec_defaults_peak_at_end_of_epoch_five():
+    spe, total = 98, 98 * 24
+    lrs = [
+        one_cycle_lr(s, total_steps=total, peak_step=5 * spe - 1, min_lr=1e-4, max_lr=1e-3)
+        for s in range(total)
+    ]
+    assert int(np.argmax(lrs)) == 5 * spe - 1
+    assert np.all(np.diff(lrs[: 5 * spe]) > 0)
+    assert np.all(np.diff(lrs[5 * spe - 1 :]) < 0)
+
+
+def test_peak_at_the_last_epoch_rises_over_the_whole_run():
+    lrs = [
+        one_cycle_lr(s, total_steps=12, peak_step=11, min_lr=1.0, max_lr=12.0) for s in range(12)
+    ]
+    assert lrs == pytest.approx([1.0 + s for s in range(12)], rel=1e-12)
+
+
+def test_a_single_step_rise_starts_at_the_peak():
+    assert one_cycle_lr(0, total_steps=3, peak_step=0, min_lr=1.0, max_lr=2.0) == 2.0
+    assert one_cycle_lr(2, total_steps=3, peak_step=0, min_lr=1.0, max_lr=2.0) == 1.0
