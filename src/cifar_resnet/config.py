@@ -1,0 +1,149 @@
+"""``TrainConfig``: every knob of a training run in one frozen, validated object.
+
+Each field's ``help`` metadata is its documentation; the CLI builds its flags from
+these fields, and the resolved config is saved with every run and checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .custom_resnet import NORMS
+from .errors import ConfigError
+
+
+def _knob(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run: data, model, schedule and runtime settings (SPEC section 2 defaults)."""
+
+    # data
+    data_dir: str | None = _knob(
+        None,
+        "local CIFAR-10: a cifar-10-batches-py folder, an image tree train/<class>/* and "
+        "test/<class>/*, or a .tar.gz of either; without it the official archive is downloaded",
+    )
+    cache_dir: str | None = _knob(
+        None, "where downloads and decoded arrays are cached (default ~/.cache/cifar_resnet)"
+    )
+    limit_train: int | None = _knob(None, "train on the first N training images only")
+    limit_test: int | None = _knob(None, "evaluate on the first N test images only")
+    # augmentation
+    crop_padding: int = _knob(4, "pixels of padding before the random 32x32 crop")
+    flip_prob: float = _knob(0.5, "probability of a horizontal flip")
+    cutout_size: int = _knob(8, "side in pixels of the one CutOut hole per image (0: off)")
+    # model
+    width: float = _knob(1.0, "channel width multiplier (0.25 gives a CPU-sized net)")
+    norm: str = _knob("batch", "normalisation layer", choices=NORMS)
+    dropout: float = _knob(0.0, "dropout probability after each conv block")
+    # optimisation
+    epochs: int = _knob(24, "epochs in total")
+    peak_epoch: int = _knob(5, "the LR peaks at the end of this epoch")
+    batch_size: int = _knob(512, "training images per optimizer step")
+    max_lr: float | None = _knob(None, "peak LR (LRMAX); found by the LR range test if not given")
+    min_lr: float | None = _knob(None, "start and end LR (LRMIN); default max_lr / min_lr_divisor")
+    min_lr_divisor: float = _knob(10.0, "LRMIN = LRMAX / this, when --min-lr is not given")
+    weight_decay: float = _knob(0.0, "Adam weight decay (L2, coupled)")
+    # LR range test
+    finder_start_lr: float = _knob(1e-6, "LR range test: first LR")
+    finder_end_lr: float = _knob(1.0, "LR range test: last LR")
+    finder_num_iter: int = _knob(100, "LR range test: number of steps (at most about one epoch)")
+    finder_rule: str = _knob(
+        "valley", "LR range test: rule picking LRMAX from the curve", choices=("valley", "steepest")
+    )
+    # runtime
+    eval_batch_size: int = _knob(1024, "images per evaluation batch")
+    seed: int = _knob(0, "seed for initialisation, shuffling and augmentation")
+    device: str = _knob("auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N")
+
+    def __post_init__(self) -> None:
+        _at_least(self, "epochs", 1)
+        _at_least(self, "peak_epoch", 1)
+        if self.peak_epoch > self.epochs:
+            raise ConfigError(
+                f"--peak-epoch ({self.peak_epoch}) must not exceed --epochs ({self.epochs})"
+            )
+        _at_least(self, "batch_size", 1)
+        _at_least(self, "eval_batch_size", 1)
+        _at_least(self, "crop_padding", 0)
+        _at_least(self, "seed", 0)
+        _at_least(self, "finder_num_iter", 10)
+        if self.limit_train is not None:
+            _at_least(self, "limit_train", 1)
+        if self.limit_test is not None:
+            _at_least(self, "limit_test", 1)
+        if not 0 <= self.cutout_size <= 32:
+            raise ConfigError(f"--cutout-size must be in 0..32, got {self.cutout_size}")
+        if not 0 <= self.flip_prob <= 1:
+            raise ConfigError(f"--flip-prob must be in [0, 1], got {self.flip_prob}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not self.width > 0:
+            raise ConfigError(f"--width must be > 0, got {self.width}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        for name in ("max_lr", "min_lr", "finder_start_lr", "finder_end_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"--{_flag(name)} must be > 0, got {value}")
+        if self.min_lr is not None and self.max_lr is not None and self.min_lr > self.max_lr:
+            raise ConfigError(f"--min-lr ({self.min_lr}) must not exceed --max-lr ({self.max_lr})")
+        if not self.min_lr_divisor >= 1:
+            raise ConfigError(f"--min-lr-divisor must be >= 1, got {self.min_lr_divisor}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.finder_start_lr >= self.finder_end_lr:
+            raise ConfigError(
+                f"--finder-start-lr ({self.finder_start_lr}) must be below "
+                f"--finder-end-lr ({self.finder_end_lr})"
+            )
+        if self.finder_rule not in ("steepest", "valley"):
+            raise ConfigError(f"--finder-rule must be steepest or valley, got {self.finder_rule!r}")
+        dev = self.device
+        if not (
+            dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
+        ):
+            raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, as saved in config.json and checkpoints."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of ``to_dict``; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config option(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _at_least(config: TrainConfig, name: str, low: int) -> None:
+    value = getattr(config, name)
+    if not value >= low:
+        raise ConfigError(f"--{_flag(name)} must be at least {low}, got {value}")
+
+
+def field_types() -> dict[str, type]:
+    """The concrete type of each config field (``int | None`` -> ``int``)."""
+    hints = typing.get_type_hints(TrainConfig)
+    out: dict[str, type] = {}
+    for name, hint in hints.items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[name] = args[0] if args else hint
+    return out

@@ -1,0 +1,95 @@
+"""A run's output folder: resolved config, per-epoch metrics, checkpoints, final figures.
+
+Every file is written atomically (a temporary file in the same folder, then
+``os.replace``), so an interrupted write never leaves a truncated file in place
+of a good one. A folder that already holds a run is refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from .errors import CheckpointError
+
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "final.json",
+    "lr_finder.json",
+    "checkpoints/last.pt",
+)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through ``write(file)``: readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+
+
+class RunFolder:
+    """Writes one training run into ``path``; refuses a folder holding another run unless forced."""
+
+    def __init__(self, path: str | Path, *, force: bool = False) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise CheckpointError(f"--out {self.path} is a file, not a folder; choose another path")
+        held = [name for name in RUN_FILES if (self.path / name).exists()]
+        if held and not force:
+            raise CheckpointError(
+                f"--out {self.path} already holds a run ({held[0]}); "
+                "choose a new folder or pass --force to overwrite it"
+            )
+        try:
+            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise CheckpointError(
+                f"cannot write to --out {self.path} ({e.strerror or e}); choose a writable folder"
+            ) from None
+        for name in held:  # forced: start clean, so no stale file mixes with the new run
+            (self.path / name).unlink()
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write ``obj`` as pretty JSON to ``name`` inside the run folder."""
+        path = self.path / name
+        atomic_write(path, lambda f: f.write(_json_bytes(obj)))
+        return path
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Write raw bytes (e.g. a PNG) to ``name`` inside the run folder."""
+        path = self.path / name
+        atomic_write(path, lambda f: f.write(data))
+        return path
+
+    def log_epoch(self, metrics: dict[str, Any]) -> None:
+        """Append one epoch's metrics to metrics.jsonl (the whole file is rewritten atomically)."""
+        path = self.path / "metrics.jsonl"
+        old = path.read_bytes() if path.exists() else b""
+        line = (json.dumps(metrics) + "\n").encode()
+        atomic_write(path, lambda f: f.write(old + line))
+
+    def save_checkpoint(self, state: dict[str, Any], name: str = "last.pt") -> Path:
+        """Save a checkpoint dict under checkpoints/."""
+        path = self.path / "checkpoints" / name
+        atomic_write(path, lambda f: torch.save(state, f))
+        return path

@@ -1,0 +1,61 @@
+import dataclasses
+
+import pytest
+
+from cifar_resnet.config import TrainConfig
+from cifar_resnet.errors import ConfigError
+
+
+def test_defaults_are_the_spec_table():
+    c = TrainConfig()
+    assert (c.epochs, c.peak_epoch, c.batch_size) == (24, 5, 512)
+    assert (c.crop_padding, c.flip_prob, c.cutout_size) == (4, 0.5, 8)
+    assert (c.width, c.norm, c.dropout) == (1.0, "batch", 0.0)
+    assert c.max_lr is None and c.min_lr is None  # found by the range test
+
+
+def test_is_frozen_and_round_trips_through_a_dict():
+    c = TrainConfig(max_lr=1e-3, width=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.epochs = 3
+    assert TrainConfig.from_dict(c.to_dict()) == c
+
+
+def test_unknown_keys_are_refused():
+    with pytest.raises(ConfigError, match="unknown config option"):
+        TrainConfig.from_dict({"epochs": 3, "lr": 0.1})
+
+
+def test_every_field_is_documented():
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get("help"), f.name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [
+        ({"epochs": 0}, "--epochs"),
+        ({"epochs": 3, "peak_epoch": 4}, "--peak-epoch"),
+        ({"peak_epoch": 0}, "--peak-epoch"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"max_lr": 0.0}, "--max-lr"),
+        ({"max_lr": -1e-3}, "--max-lr"),
+        ({"max_lr": 1e-3, "min_lr": 1e-2}, "--min-lr"),
+        ({"width": 0.0}, "--width"),
+        ({"norm": "instance"}, "--norm"),
+        ({"dropout": 1.0}, "--dropout"),
+        ({"cutout_size": 33}, "--cutout-size"),
+        ({"limit_train": 0}, "--limit-train"),
+        ({"seed": -1}, "--seed"),
+        ({"device": "tpu"}, "--device"),
+        ({"finder_start_lr": 1.0, "finder_end_lr": 0.5}, "--finder-start-lr"),
+        ({"finder_start_lr": -1.0}, "--finder-start-lr"),
+        ({"finder_num_iter": 9}, "--finder-num-iter"),
+        ({"finder_rule": "median"}, "--finder-rule"),
+    ],
+)
+def test_bad_values_name_the_flag_on_one_line(kwargs, flag):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**kwargs)
+    assert flag in str(info.value)
+    assert "\n" not in str(info.value)

@@ -1,0 +1,172 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cifar_resnet.errors import ConfigError
+from cifar_resnet.lr_finder import choose_lrs, find_lr, plot_lr_finder
+
+
+def _quadratic_problem(seed=0, n=256, d=8):
+    """Least squares whose full-batch gradient descent diverges exactly above LR = 1."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, d, generator=g))
+    x = q * n**0.5 * torch.logspace(-1, 0, d)  # X^T X / n has eigenvalues 0.01..1
+    y = x @ torch.randn(d, 1, generator=g) + 0.01 * torch.randn(n, 1, generator=g)
+    hessian_max = 2 * torch.linalg.eigvalsh(x.T @ x / n).max().item()  # of mean squared error
+    return x, y, 2 / hessian_max
+
+
+@pytest.mark.parametrize("rule", ["valley", "steepest"])
+def test_chosen_lr_is_below_the_analytic_divergence_point_and_within_10x(rule):
+    x, y, lr_div = _quadratic_problem()
+    assert lr_div == pytest.approx(1.0, rel=1e-5)
+    torch.manual_seed(0)
+    model = nn.Linear(x.shape[1], 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = find_lr(
+        model,
+        opt,
+        nn.MSELoss(),
+        lambda: iter([(x, y)]),
+        start_lr=1e-4,
+        end_lr=100,
+        num_iter=100,
+        rule=rule,
+        progress=False,
+    )
+    assert result.diverged
+    assert lr_div / 10 <= result.max_lr < lr_div
+    assert result.min_lr == pytest.approx(result.max_lr / 10)
+
+
+def test_early_stop_when_the_loss_diverges():
+    x, y, _ = _quadratic_problem()
+    model = nn.Linear(x.shape[1], 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = find_lr(
+        model,
+        opt,
+        nn.MSELoss(),
+        lambda: iter([(x, y)]),
+        start_lr=1e-3,
+        end_lr=1e4,
+        num_iter=200,
+        progress=False,
+    )
+    assert result.diverged
+    assert len(result.lrs) < 200
+    assert result.smoothed[-1] > 4 * min(result.smoothed)
+    assert len(result.losses) == len(result.smoothed) == len(result.lrs)
+
+
+def test_lrs_grow_exponentially_and_losses_are_recorded_raw(synthetic):
+    x, y, _ = _quadratic_problem()
+    model = nn.Linear(x.shape[1], 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = find_lr(
+        model,
+        opt,
+        nn.MSELoss(),
+        lambda: iter([(x, y)]),
+        start_lr=1e-6,
+        end_lr=1e-2,
+        num_iter=20,
+        progress=False,
+    )
+    assert not result.diverged
+    np.testing.assert_allclose(result.lrs, np.geomspace(1e-6, 1e-2, 20), rtol=1e-9)
+    # raw losses are the criterion's own values: the first equals the initial full loss
+    assert result.losses[0] == pytest.approx(result.smoothed[0])
+    assert json.loads(json.dumps(result.to_dict()))["max_lr"] == result.max_lr
+
+
+def test_model_optimizer_and_rng_state_are_restored_bit_exactly(synthetic):
+    from cifar_resnet.config import TrainConfig
+    from cifar_resnet.runtime import resolve_runtime
+    from cifar_resnet.train import build_model, build_optimizer, find_training_lr, prepare_splits
+
+    config = TrainConfig(width=0.25, batch_size=64, finder_num_iter=12, dropout=0.1)
+    runtime = resolve_runtime("cpu")
+    train, _ = prepare_splits(synthetic, config, runtime)
+    torch.manual_seed(0)
+    model = build_model(config)
+    opt = build_optimizer(model, config, runtime)
+    gen = torch.Generator().manual_seed(3)
+    # give the optimizer some state first, so restoring it is not trivially "empty"
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    opt.step()
+    model.eval()
+    before_model = {k: v.clone() for k, v in model.state_dict().items()}
+    before_opt = {
+        k: {n: t.clone() for n, t in s.items()} for k, s in opt.state_dict()["state"].items()
+    }
+    before_groups = json.dumps(opt.state_dict()["param_groups"])
+    cpu_rng, gen_state = torch.get_rng_state(), gen.get_state()
+
+    result = find_training_lr(model, opt, train, config, runtime, gen, progress=False)
+
+    assert len(result.lrs) >= 3
+    after_model = model.state_dict()
+    assert before_model.keys() == after_model.keys()
+    for k in before_model:  # weights and BatchNorm running stats, bit for bit
+        assert torch.equal(before_model[k], after_model[k]), k
+    after_opt = opt.state_dict()
+    assert json.dumps(after_opt["param_groups"]) == before_groups
+    for k, s in before_opt.items():
+        for n, t in s.items():
+            assert torch.equal(t, after_opt["state"][k][n]), (k, n)
+    assert torch.equal(torch.get_rng_state(), cpu_rng)
+    assert torch.equal(gen.get_state(), gen_state)
+    assert not model.training
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"start_lr": 1.0, "end_lr": 0.1}, "start_lr < end_lr"),
+        ({"start_lr": 0.0}, "start_lr < end_lr"),
+        ({"num_iter": 5}, "at least 10"),
+    ],
+)
+def test_bad_arguments_raise_config_error(kwargs, match):
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = lambda: iter([(torch.randn(4, 2), torch.randn(4, 1))])  # noqa: E731
+    with pytest.raises(ConfigError, match=match):
+        find_lr(model, opt, nn.MSELoss(), batches, progress=False, **kwargs)
+
+
+def test_valley_rule_is_the_loss_minimum_over_ten():
+    lrs = list(np.geomspace(1e-5, 1, 50))
+    loss = [3 - i * 0.05 for i in range(40)] + [1.5 + i for i in range(10)]
+    max_lr, min_lr = choose_lrs(lrs, loss, rule="valley")
+    assert max_lr == pytest.approx(lrs[39] / 10)
+    assert min_lr == pytest.approx(max_lr / 10)
+
+
+def test_plot_marks_both_choices_on_a_log_axis():
+    x, y, _ = _quadratic_problem()
+    model = nn.Linear(x.shape[1], 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = find_lr(
+        model,
+        opt,
+        nn.MSELoss(),
+        lambda: iter([(x, y)]),
+        start_lr=1e-4,
+        end_lr=100,
+        num_iter=60,
+        progress=False,
+    )
+    fig = plot_lr_finder(result)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert ax.get_xlabel() == "learning rate"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(s.startswith("LRMAX") for s in labels)
+    assert any(s.startswith("LRMIN") for s in labels)
+    vlines = [line.get_xdata()[0] for line in ax.get_lines() if len(line.get_xdata()) == 2]
+    assert result.max_lr in vlines and result.min_lr in vlines

@@ -1,0 +1,159 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cifar_resnet.config import TrainConfig
+from cifar_resnet.run_folder import RunFolder
+from cifar_resnet.runtime import resolve_runtime
+from cifar_resnet.train import build_model, build_optimizer, evaluate, fit, prepare_splits
+
+QUICK = {"width": 0.25, "batch_size": 100, "epochs": 2, "peak_epoch": 1, "device": "cpu"}
+
+
+def test_one_adam_step_lowers_the_loss_on_a_fixed_batch(synthetic):
+    config = TrainConfig(max_lr=1e-3, **QUICK)
+    runtime = resolve_runtime("cpu")
+    train, _ = prepare_splits(synthetic, config, runtime)
+    torch.manual_seed(0)
+    model = build_model(config)
+    opt = build_optimizer(model, config, runtime)
+    from cifar_resnet.augment import normalize
+
+    x, y = normalize(train.images[:64], train.mean, train.std), train.labels[:64]
+    model.eval()  # BatchNorm in eval: the same function before and after the step
+    loss_fn = nn.CrossEntropyLoss()
+    before = loss_fn(model(x), y)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    after = loss_fn(model(x), y)
+    assert after.item() < before.item()
+
+
+def test_a_small_net_learns_the_synthetic_task_far_above_chance(synthetic):
+    history = fit(
+        TrainConfig(max_lr=4e-3, **{**QUICK, "epochs": 4, "peak_epoch": 1}),
+        synthetic,
+        progress=False,
+    )
+    accs = [e["test_acc"] for e in history.epochs]
+    assert accs[-1] >= 0.6  # chance is 0.1
+    assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
+
+
+def test_fit_steps_the_schedule_of_the_spec_and_records_every_step(synthetic):
+    config = TrainConfig(max_lr=2e-3, min_lr=2e-4, **{**QUICK, "epochs": 3, "peak_epoch": 1})
+    history = fit(config, synthetic, progress=False)
+    spe = 6  # 600 images / batch 100
+    expected = np.interp(np.arange(3 * spe), [0, spe - 1, 3 * spe - 1], [2e-4, 2e-3, 2e-4])
+    np.testing.assert_allclose(history.step_lrs, expected, rtol=1e-12)
+    assert [e["lr"] for e in history.epochs] == [history.step_lrs[i * spe - 1] for i in (1, 2, 3)]
+
+
+def test_cpu_runs_are_reproducible_with_a_seed(synthetic):
+    config = TrainConfig(max_lr=2e-3, seed=7, dropout=0.1, **QUICK)
+    a = fit(config, synthetic, progress=False)
+    b = fit(config, synthetic, progress=False)
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h.epochs]  # noqa: E731
+    assert strip(a) == strip(b)
+    for (k, va), vb in zip(
+        a.model.state_dict().items(), b.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(va, vb), k
+    c = fit(config.replace(seed=8), synthetic, progress=False)
+    assert strip(c) != strip(a)
+
+
+def test_evaluate_uses_plain_normalised_test_images_in_eval_mode(synthetic):
+    config = TrainConfig(**QUICK)
+    runtime = resolve_runtime("cpu")
+    _, test = prepare_splits(synthetic, config, runtime)
+    torch.manual_seed(0)
+    model = build_model(config).train()
+    from cifar_resnet.augment import normalize
+
+    result = evaluate(model, test, runtime, batch_size=64)
+    assert model.training  # flag restored
+    model.eval()
+    with torch.no_grad():
+        logits = model(normalize(test.images, test.mean, test.std))
+    expected_acc = (logits.argmax(1) == test.labels).float().mean().item()
+    expected_loss = nn.functional.cross_entropy(logits, test.labels).item()
+    assert result["acc"] == pytest.approx(expected_acc)
+    assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert result["n"] == len(synthetic.test_labels)
+
+
+def test_limits_take_the_first_images_and_stats_come_from_the_train_split(synthetic):
+    config = TrainConfig(limit_train=300, limit_test=50, **QUICK)
+    train, test = prepare_splits(synthetic, config, resolve_runtime("cpu"))
+    assert torch.equal(train.images, synthetic.train_images[:300])
+    assert torch.equal(test.labels, synthetic.test_labels[:50])
+    expected_mean = synthetic.train_images[:300].double().div(255).mean((0, 2, 3))
+    assert torch.allclose(train.mean.double(), expected_mean, atol=1e-6)
+    assert torch.equal(test.mean, train.mean)
+
+
+def test_run_folder_holds_config_metrics_checkpoint_and_final(synthetic, tmp_path):
+    config = TrainConfig(max_lr=2e-3, **QUICK)
+    history = fit(config, synthetic, run=RunFolder(tmp_path / "run"), progress=False)
+    run = tmp_path / "run"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["max_lr"] == 2e-3 and saved["min_lr"] == pytest.approx(2e-4)
+    assert saved["lr_source"] == "given"
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    keys = {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
+    assert all(set(m) == keys for m in lines)
+    assert all(0 <= m["train_acc"] <= 1 and 0 <= m["test_acc"] <= 1 for m in lines)
+    final = json.loads((run / "final.json").read_text())
+    for key in (
+        "test_acc",
+        "test_loss",
+        "epochs",
+        "train_seconds",
+        "images_per_second",
+        "device",
+        "params",
+        "seed",
+        "max_lr",
+        "min_lr",
+    ):
+        assert key in final, key
+    assert final["test_acc"] == lines[-1]["test_acc"] == history.final["test_acc"]
+    assert final["params"] == sum(p.numel() for p in history.model.parameters())
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "epoch", "config"} <= set(ckpt)
+    assert ckpt["epoch"] == 2
+    assert TrainConfig.from_dict(ckpt["config"]).max_lr == 2e-3
+    model = build_model(config)
+    model.load_state_dict(ckpt["model"])
+    for (k, a), b in zip(
+        model.state_dict().items(), history.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), k
+
+
+def test_without_max_lr_the_range_test_chooses_and_says_so(synthetic, tmp_path):
+    config = TrainConfig(finder_num_iter=12, **QUICK)
+    history = fit(config, synthetic, run=RunFolder(tmp_path / "run"), progress=False)
+    assert history.final["lr_source"] == "found"
+    assert history.final["max_lr"] == history.lr_finder.max_lr
+    assert history.final["min_lr"] == history.lr_finder.min_lr
+    saved = json.loads((tmp_path / "run" / "lr_finder.json").read_text())
+    assert saved["max_lr"] == history.lr_finder.max_lr
+    assert len(saved["lrs"]) == len(saved["losses"]) == len(saved["smoothed"])
+
+
+def test_range_test_does_not_change_the_training_that_follows(synthetic):
+    """Same initial weights and data order whether or not the finder ran first."""
+    found = fit(TrainConfig(finder_num_iter=12, **QUICK), synthetic, progress=False)
+    given = fit(
+        TrainConfig(max_lr=found.final["max_lr"], min_lr=found.final["min_lr"], **QUICK),
+        synthetic,
+        progress=False,
+    )
+    assert [e["train_loss"] for e in found.epochs] == [e["train_loss"] for e in given.epochs]
