@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .augment import augment, normalize
+from .checkpoint import CHECKPOINT_FORMAT
 from .config import TrainConfig
 from .custom_resnet import CustomResNet, count_parameters
 from .data import Cifar10, channel_stats, load_cifar10
@@ -133,6 +134,34 @@ def train_one_epoch(
         "seconds": seconds,
         "lrs": lrs,
     }
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    runtime: Runtime,
+    *,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Logits (N, num_classes), float32 on the CPU, of uint8 images (N, 3, 32, 32) in eval mode.
+
+    The images are only normalised (never augmented); the model's training flag is
+    restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    dev = runtime.device
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size].to(dev)
+        x = runtime.layout(normalize(batch, mean.to(dev), std.to(dev)))
+        with runtime.autocast():
+            out.append(model(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0)
 
 
 @torch.inference_mode()
@@ -322,6 +351,7 @@ def fit(
             run.log_epoch(metrics)
             run.save_checkpoint(
                 {
+                    "format": CHECKPOINT_FORMAT,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
