@@ -157,3 +157,33 @@ def test_range_test_does_not_change_the_training_that_follows(synthetic):
         progress=False,
     )
     assert [e["train_loss"] for e in found.epochs] == [e["train_loss"] for e in given.epochs]
+
+
+def test_a_nan_loss_stops_at_once_naming_step_and_lr_and_keeps_the_last_checkpoint(
+    synthetic, tmp_path, monkeypatch
+):
+    from cifar_resnet.errors import TrainingDiverged
+
+    calls = {"n": 0}
+    real_forward = nn.CrossEntropyLoss.forward
+
+    def poisoned(self, logits, target):  # the 8th training step (epoch 2, step 2) gives NaN
+        loss = real_forward(self, logits, target)
+        if self.reduction != "mean":  # evaluation
+            return loss
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] == 8 else loss
+
+    monkeypatch.setattr(nn.CrossEntropyLoss, "forward", poisoned)
+    config = TrainConfig(max_lr=1e-3, min_lr=1e-4, **{**QUICK, "epochs": 3})
+    with pytest.raises(TrainingDiverged) as info:
+        fit(config, synthetic, run=RunFolder(tmp_path / "run"), progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "--max-lr" in message
+    assert "at step 2 of the epoch" in message
+    lr_step_8 = 1e-4 + (1e-3 - 1e-4) * (17 - 7) / (17 - 5)  # index 7 of 0..17, peak at 5
+    assert f"LR {lr_step_8:.3e}" in message
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["epoch"] == 1  # the last good checkpoint
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1

@@ -61,6 +61,7 @@ class TrainConfig:
     eval_batch_size: int = _knob(1024, "images per evaluation batch")
     seed: int = _knob(0, "seed for initialisation, shuffling and augmentation")
     device: str = _knob("auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N")
+    sync_bn: bool = _knob(False, "data-parallel runs: BatchNorm statistics over the global batch")
 
     def __post_init__(self) -> None:
         _at_least(self, "epochs", 1)

@@ -17,3 +17,17 @@ class DataError(CifarResnetError):
 
 class CheckpointError(CifarResnetError):
     """A checkpoint or run folder cannot be used as asked."""
+
+
+class TrainingDiverged(CifarResnetError):
+    """The loss became NaN or infinite; the message names the step and LR."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training after a checkpoint was written."""
+
+    def __init__(self, signum: int, epoch: int, step: int) -> None:
+        super().__init__(f"interrupted by signal {signum} in epoch {epoch} after step {step}")
+        self.signum = signum
+        self.epoch = epoch
+        self.step = step

@@ -27,7 +27,11 @@ RUN_FILES = (
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)``: readers see the old or the new file, never half."""
+    """Write ``path`` through ``write(file)``: readers see the old or the new file, never half.
+
+    A failed write (a full disk, say) leaves the old file in place and raises
+    CheckpointError naming the file.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -35,6 +39,13 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = "; the previous version is kept" if path.exists() else ""
+        raise CheckpointError(
+            f"cannot write {path} ({e.strerror or e}){kept}; free space or fix permissions, "
+            "then continue with --resume"
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -47,11 +58,11 @@ def _json_bytes(obj: Any) -> bytes:
 class RunFolder:
     """Writes one training run into ``path``; refuses a folder holding another run unless forced."""
 
-    def __init__(self, path: str | Path, *, force: bool = False) -> None:
+    def __init__(self, path: str | Path, *, force: bool = False, resume: bool = False) -> None:
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise CheckpointError(f"--out {self.path} is a file, not a folder; choose another path")
-        held = [name for name in RUN_FILES if (self.path / name).exists()]
+        held = [] if resume else [name for name in RUN_FILES if (self.path / name).exists()]
         if held and not force:
             raise CheckpointError(
                 f"--out {self.path} already holds a run ({held[0]}); "
@@ -87,6 +98,11 @@ class RunFolder:
         old = path.read_bytes() if path.exists() else b""
         line = (json.dumps(metrics) + "\n").encode()
         atomic_write(path, lambda f: f.write(old + line))
+
+    def rewrite_metrics(self, epochs: list[dict[str, Any]]) -> None:
+        """Replace metrics.jsonl with these epochs (resuming drops lines past the checkpoint)."""
+        data = "".join(json.dumps(m) + "\n" for m in epochs).encode()
+        atomic_write(self.path / "metrics.jsonl", lambda f: f.write(data))
 
     def save_checkpoint(self, state: dict[str, Any], name: str = "last.pt") -> Path:
         """Save a checkpoint dict under checkpoints/."""

@@ -47,10 +47,15 @@ class Runtime:
         return self.device.type
 
 
-def resolve_runtime(device: str = "auto") -> Runtime:
-    """Runtime for a ``--device`` value; raises ConfigError if that device is absent."""
+def resolve_runtime(device: str = "auto", local_rank: int | None = None) -> Runtime:
+    """Runtime for a ``--device`` value; raises ConfigError if that device is absent.
+
+    ``local_rank`` (data-parallel runs) picks that process's GPU.
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and local_rank is not None:
+        device = f"cuda:{local_rank}"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu")
     if device == "mps" and not torch.backends.mps.is_available():

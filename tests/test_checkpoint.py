@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from cifar_resnet.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint
+from cifar_resnet.config import TrainConfig
+from cifar_resnet.errors import CheckpointError
+from cifar_resnet.run_folder import RunFolder
+from cifar_resnet.train import fit
+
+
+@pytest.fixture(scope="module")
+def run(synthetic, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    config = TrainConfig(
+        width=0.25, epochs=1, peak_epoch=1, batch_size=100, max_lr=2e-3, device="cpu"
+    )
+    fit(config, synthetic, run=RunFolder(out), progress=False)
+    return out
+
+
+def _one_line(info):
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_run_folder_or_its_file_loads_into_the_same_model(run, synthetic):
+    state = load_checkpoint(run)
+    assert state["format"] == CHECKPOINT_FORMAT
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == state["epoch"] == 1
+    model = model_from_checkpoint(state)
+    assert not model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state["model"][k])
+
+
+def test_byte_corruption_and_truncation_are_one_line_errors(run, tmp_path):
+    raw = (run / "checkpoints" / "last.pt").read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(truncated)
+    assert "truncated.pt" in _one_line(info)
+    flipped = bytearray(raw)
+    for i in range(0, len(flipped), 997):  # corrupt bytes all through the file
+        flipped[i] ^= 0xFF
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(corrupt)
+    assert "corrupt.pt" in _one_line(info)
+
+
+def test_other_formats_missing_files_and_empty_runs_are_refused(tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(CheckpointError, match="not a cifar-resnet checkpoint"):
+        load_checkpoint(other)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_weights_of_another_width_or_norm_are_refused(run):
+    state = load_checkpoint(run)
+    for change in ({"width": 0.5}, {"norm": "group"}):
+        wrong = {**state, "config": {**state["config"], **change}}
+        with pytest.raises(CheckpointError) as info:
+            model_from_checkpoint(wrong)
+        assert "do not fit" in _one_line(info)

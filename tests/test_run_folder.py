@@ -1,0 +1,58 @@
+import errno
+import json
+
+import pytest
+import torch
+
+from cifar_resnet.errors import CheckpointError
+from cifar_resnet.run_folder import RunFolder
+
+
+def test_a_folder_holding_a_run_is_refused_unless_forced(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    run.write_json("config.json", {"a": 1})
+    run.log_epoch({"epoch": 1})
+    with pytest.raises(CheckpointError, match="--force"):
+        RunFolder(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == {"a": 1}
+    RunFolder(tmp_path / "run", force=True)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    RunFolder(tmp_path / "other", resume=True)
+
+
+def test_metrics_append_one_line_per_epoch_and_can_be_rewritten(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    for e in (1, 2, 3):
+        run.log_epoch({"epoch": e})
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(s)["epoch"] for s in lines] == [1, 2, 3]
+    run.rewrite_metrics([{"epoch": 1}])
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    run = RunFolder(tmp_path / "run")
+    run.save_checkpoint({"epoch": 1})
+    before = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError) as info:
+        run.save_checkpoint({"epoch": 2})
+    message = str(info.value)
+    assert "No space left on device" in message and "previous version is kept" in message
+    assert "\n" not in message
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.pt"]
+
+
+def test_paths_that_cannot_be_written_are_one_line_errors(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError, match="is a file"):
+        RunFolder(blocker)
+    with pytest.raises(CheckpointError, match="cannot write"):
+        RunFolder(blocker / "run")
