@@ -1,0 +1,271 @@
+"""Figures of a data set and a run: each function returns a ``matplotlib.figure.Figure``.
+
+Figures are built with ``Figure`` directly, never through pyplot, so no global
+state or interactive backend is involved: ``fig.savefig`` renders with Agg.
+Images are uint8 tensors (N, 3, H, W) as the data module returns them.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .gallery import Misclassified
+
+_WRONG = "#b2182b"
+_RIGHT = "#1a7837"
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure rendered as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _hwc(image: torch.Tensor) -> np.ndarray:
+    """uint8 (3, H, W) tensor -> (H, W, 3) array for imshow."""
+    return image.detach().cpu().permute(1, 2, 0).numpy()
+
+
+def plot_class_distribution(
+    train_counts: Sequence[int], test_counts: Sequence[int], classes: Sequence[str]
+) -> Figure:
+    """Grouped bars: number of images per class in the train and the test split."""
+    fig = Figure(figsize=(9, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(classes))
+    w = 0.4
+    bars_train = ax.bar(x - w / 2, train_counts, w, label=f"train ({sum(train_counts):,})")
+    bars_test = ax.bar(x + w / 2, test_counts, w, label=f"test ({sum(test_counts):,})")
+    ax.bar_label(bars_train, fontsize=7, padding=1)
+    ax.bar_label(bars_test, fontsize=7, padding=1)
+    ax.set_xticks(x, list(classes), rotation=30, ha="right")
+    ax.set_xlabel("class")
+    ax.set_ylabel("images")
+    ax.set_title("class distribution")
+    ax.margins(y=0.3)  # room above the bars for the legend
+    ax.legend(loc="upper center", ncols=2, fontsize=8)
+    return fig
+
+
+def plot_image_grid(
+    images: torch.Tensor,
+    titles: Sequence[str] | None = None,
+    *,
+    ncols: int = 8,
+    title: str | None = None,
+    title_colors: Sequence[str] | None = None,
+    cell_inches: float = 1.15,
+) -> Figure:
+    """A grid of uint8 images (N, 3, H, W), each with an optional title."""
+    n = int(images.shape[0])
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    lines = max((t.count("\n") + 1 for t in titles), default=0) if titles else 0
+    fig = Figure(
+        figsize=(ncols * cell_inches, nrows * (cell_inches + 0.16 * lines) + (0.3 if title else 0)),
+        layout="constrained",
+    )
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        ax.imshow(_hwc(images[i]), interpolation="nearest")
+        if titles:
+            color = title_colors[i] if title_colors else "black"
+            ax.set_title(titles[i], fontsize=7.5, color=color, pad=2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_training_curves(metrics: Sequence[Mapping[str, Any]]) -> Figure:
+    """Loss and accuracy per epoch, train and test, side by side."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    epochs = [m["epoch"] for m in metrics]
+    style = {"marker": "o", "markersize": 3}
+    ax_loss.plot(epochs, [m["train_loss"] for m in metrics], label="train", **style)
+    ax_loss.plot(epochs, [m["test_loss"] for m in metrics], label="test", **style)
+    ax_loss.set_title("loss")
+    ax_loss.set_ylabel("cross-entropy loss")
+    ax_acc.plot(epochs, [100 * m["train_acc"] for m in metrics], label="train", **style)
+    ax_acc.plot(epochs, [100 * m["test_acc"] for m in metrics], label="test", **style)
+    ax_acc.set_title("accuracy")
+    ax_acc.set_ylabel("accuracy (%)")
+    if metrics:
+        best = max(metrics, key=lambda m: m["test_acc"])
+        ax_acc.annotate(
+            f"test {100 * metrics[-1]['test_acc']:.2f}%",
+            (metrics[-1]["epoch"], 100 * metrics[-1]["test_acc"]),
+            textcoords="offset points",
+            xytext=(-6, 6),
+            ha="right",
+            va="bottom",
+            fontsize=8,
+        )
+        ax_acc.axhline(100 * best["test_acc"], color="0.6", lw=0.8, ls=":")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        if epochs:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig
+
+
+def plot_lr_schedule(step_lrs: Sequence[float], steps_per_epoch: int | None = None) -> Figure:
+    """The LR of every optimizer step, against the epoch (or the step without steps_per_epoch)."""
+    fig = Figure(figsize=(7, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    steps = np.arange(1, len(step_lrs) + 1)
+    if steps_per_epoch:
+        ax.plot(steps / steps_per_epoch, step_lrs, lw=1.5)
+        ax.set_xlabel(f"epoch ({steps_per_epoch} steps each)")
+    else:
+        ax.plot(steps, step_lrs, lw=1.5)
+        ax.set_xlabel("optimizer step")
+    if len(step_lrs):
+        peak = int(np.argmax(step_lrs))
+        x_peak = (peak + 1) / steps_per_epoch if steps_per_epoch else peak + 1
+        ax.plot([x_peak], [step_lrs[peak]], "o", color="C3", ms=4)
+        ax.annotate(
+            f"peak {step_lrs[peak]:.2e}",
+            (x_peak, step_lrs[peak]),
+            textcoords="offset points",
+            xytext=(6, -2),
+            fontsize=8,
+        )
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"LR schedule as used ({len(step_lrs)} steps)")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str]) -> Figure:
+    """Counts of actual (rows) against predicted (columns), coloured by the row fraction."""
+    counts = matrix.detach().cpu().numpy()
+    totals = counts.sum(axis=1, keepdims=True)
+    frac = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    n = len(classes)
+    side = max(5.0, 0.55 * n + 2)
+    fig = Figure(figsize=(side + 1, side), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the actual class")
+    for i in range(n):
+        for j in range(n):
+            ax.text(
+                j,
+                i,
+                str(int(counts[i, j])),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if frac[i, j] > 0.55 else "black",
+            )
+    ax.set_xticks(range(n), list(classes), rotation=45, ha="right")
+    ax.set_yticks(range(n), list(classes))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("actual class")
+    ax.set_title(f"confusion matrix ({int(counts.sum()):,} test images)")
+    return fig
+
+
+def plot_per_class_accuracy(
+    accuracy: Sequence[float] | torch.Tensor, classes: Sequence[str], overall: float | None = None
+) -> Figure:
+    """Horizontal bars: test accuracy of each class (fractions in [0, 1], shown in %)."""
+    acc = np.nan_to_num(np.asarray(accuracy, dtype=float) * 100)
+    fig = Figure(figsize=(6.5, max(3.0, 0.32 * len(classes) + 1.2)), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(len(classes))
+    bars = ax.barh(y, acc, color="C0")
+    ax.bar_label(bars, labels=[f"{a:.1f}%" for a in acc], fontsize=7, padding=2)
+    if overall is not None:
+        ax.axvline(100 * overall, color="C3", ls="--", lw=1, label=f"overall {100 * overall:.2f}%")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_yticks(y, list(classes))
+    ax.invert_yaxis()
+    ax.set_xlim(0, 112)
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title("per-class accuracy")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_misclassified(
+    images: torch.Tensor, mistakes: Misclassified, classes: Sequence[str], *, ncols: int = 5
+) -> Figure:
+    """Gallery of misclassified images (N, 3, H, W): predicted, actual and confidence over each."""
+    titles = [
+        f"pred {classes[int(p)]} {100 * float(c):.0f}%\nactual {classes[int(a)]}"
+        for p, a, c in zip(mistakes.predicted, mistakes.actual, mistakes.confidence, strict=True)
+    ]
+    return plot_image_grid(
+        images,
+        titles,
+        ncols=ncols,
+        title_colors=[_WRONG] * len(titles),
+        cell_inches=1.55,
+        title=f"{len(titles)} misclassified test images, most confident first",
+    )
+
+
+def plot_gradcam(
+    images: torch.Tensor,
+    cam_predicted: torch.Tensor,
+    cam_actual: torch.Tensor,
+    mistakes: Misclassified,
+    classes: Sequence[str],
+    *,
+    layer: str = "",
+    per_row: int = 2,
+) -> Figure:
+    """Per image: the image, Grad-CAM for the predicted class, Grad-CAM for the actual class."""
+    n = int(images.shape[0])
+    per_row = max(1, min(per_row, n))
+    nrows = max(1, math.ceil(n / per_row))
+    fig = Figure(figsize=(per_row * 3 * 1.45, nrows * 1.75 + 0.4), layout="constrained")
+    axes = fig.subplots(nrows, per_row * 3, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i in range(n):
+        row, col = divmod(i, per_row)
+        ax_img, ax_pred, ax_true = axes[row, 3 * col : 3 * col + 3]
+        img = _hwc(images[i])
+        pred, actual = int(mistakes.predicted[i]), int(mistakes.actual[i])
+        ax_img.imshow(img, interpolation="nearest")
+        ax_img.set_title(
+            f"pred {classes[pred]} {100 * float(mistakes.confidence[i]):.0f}%\n"
+            f"actual {classes[actual]}",
+            fontsize=7.5,
+            color=_WRONG,
+            pad=2,
+        )
+        for ax, cam, name, color in (
+            (ax_pred, cam_predicted[i], f"CAM {classes[pred]}\n(predicted)", _WRONG),
+            (ax_true, cam_actual[i], f"CAM {classes[actual]}\n(actual)", _RIGHT),
+        ):
+            ax.imshow(img, interpolation="nearest")
+            ax.imshow(
+                cam.detach().cpu().numpy(),
+                cmap="jet",
+                alpha=0.5,
+                vmin=0,
+                vmax=1,
+                interpolation="bilinear",
+            )
+            ax.set_title(name, fontsize=7.5, color=color, pad=2)
+    where = f" at {layer}" if layer else ""
+    fig.suptitle(f"Grad-CAM{where} over misclassified test images", fontsize=10)
+    return fig

@@ -1,0 +1,470 @@
+"""One self-contained HTML page about a training run: what the model learned and where it fails.
+
+``load_run`` reads a run folder (config.json, final.json, metrics.jsonl,
+lr_finder.json, checkpoints/last.pt) and re-runs the checkpoint's model on the
+test split (eval mode, normalised with the checkpoint's mean/std, never
+augmented); ``build_report`` turns that into HTML. Every figure is a PNG embedded
+as a data URI and the styling is inline, so the file needs no network and no
+JavaScript. Nothing here writes files: the command line does.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from .analysis import DataSummary, data_figures, summarize_data
+from .augment import normalize
+from .checkpoint import config_from_checkpoint, load_checkpoint, model_from_checkpoint
+from .config import TrainConfig
+from .confusion import confusion_matrix, per_class_accuracy
+from .data import Cifar10, load_cifar10
+from .errors import CheckpointError, DataError
+from .gallery import Misclassified, select_misclassified
+from .gradcam import DEFAULT_LAYER, grad_cam
+from .lr_finder import LRFinderResult, plot_lr_finder
+from .plots import (
+    figure_png,
+    plot_confusion_matrix,
+    plot_gradcam,
+    plot_lr_schedule,
+    plot_misclassified,
+    plot_per_class_accuracy,
+    plot_training_curves,
+)
+from .runtime import resolve_runtime
+from .summary import model_summary
+from .train import predict_logits
+
+SECTIONS = (
+    ("overview", "Overview"),
+    ("curves", "Training curves"),
+    ("schedule", "Learning rate"),
+    ("errors", "Confusion matrix and per-class accuracy"),
+    ("gallery", "Misclassified test images"),
+    ("gradcam", "Grad-CAM"),
+    ("data", "Data"),
+    ("epochs", "Per-epoch log"),
+    ("model", "Model summary"),
+    ("config", "Resolved config"),
+)
+
+
+@dataclass
+class RunResults:
+    """A run folder's records together with its model's predictions on the test split."""
+
+    path: Path
+    config: dict[str, Any]  # config.json (the resolved TrainConfig, plus lr_source)
+    final: dict[str, Any]  # final.json; empty when the run did not finish
+    metrics: list[dict[str, Any]]  # one dict per epoch
+    step_lrs: list[float]  # the LR of every optimizer step
+    lr_finder: LRFinderResult | None
+    classes: tuple[str, ...]
+    mean: torch.Tensor  # (3,) the checkpoint's normalisation
+    std: torch.Tensor
+    model: nn.Module  # eval mode
+    summary: str  # the model summary table
+    data: Cifar10  # the splits the run used (limits applied)
+    logits: torch.Tensor  # (N_test, C) float32 on the CPU
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        reason = " ".join(str(e).split())[:120]
+        raise CheckpointError(f"cannot read {path} ({reason}); is it a run folder?") from None
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        reason = " ".join(str(e).split())[:120]
+        raise CheckpointError(f"cannot read {path} ({reason}); is it a run folder?") from None
+
+
+def _limit(data: Cifar10, config: TrainConfig) -> Cifar10:
+    """The splits as the run saw them: ``limit_train`` / ``limit_test`` applied."""
+    lt, le = config.limit_train, config.limit_test
+    return dataclasses.replace(
+        data,
+        train_images=data.train_images[:lt],
+        train_labels=data.train_labels[:lt],
+        test_images=data.test_images[:le],
+        test_labels=data.test_labels[:le],
+    )
+
+
+def load_run(
+    path: str | Path,
+    *,
+    data: Cifar10 | None = None,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = False,
+) -> RunResults:
+    """Read a run folder and predict the test split with its checkpoint's model.
+
+    The data come from ``data``, else ``data_dir``, else the run's own ``data_dir``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a folder; pass a run folder written by train --out")
+    state = load_checkpoint(path)
+    config = config_from_checkpoint(state)
+    classes = tuple(state["classes"])
+    config_json = path / "config.json"
+    shown_config = _read_json(config_json) if config_json.exists() else config.to_dict()
+    final = _read_json(path / "final.json") if (path / "final.json").exists() else {}
+    metrics_file = path / "metrics.jsonl"
+    metrics = _read_metrics(metrics_file) if metrics_file.exists() else list(state["metrics"])
+    finder = None
+    if (path / "lr_finder.json").exists():
+        try:
+            finder = LRFinderResult(**_read_json(path / "lr_finder.json"))
+        except TypeError:
+            raise CheckpointError(f"{path / 'lr_finder.json'} has unexpected fields") from None
+
+    if data is None:
+        source = data_dir if data_dir is not None else config.data_dir
+        cache = cache_dir if cache_dir is not None else config.cache_dir
+        data = load_cifar10(source, cache, progress=progress)
+    if tuple(data.classes) != classes:
+        raise DataError(
+            f"the data's classes ({', '.join(data.classes)}) differ from the run's "
+            f"({', '.join(classes)}); pass --data-dir pointing at the data the run used"
+        )
+    data = _limit(data, config)
+
+    model = model_from_checkpoint(state)
+    summary = str(model_summary(model))
+    runtime = resolve_runtime(device)
+    model = model.to(runtime.device).eval()
+    mean, std = state["mean"].float().cpu(), state["std"].float().cpu()
+    logits = predict_logits(model, data.test_images, mean, std, runtime)
+    return RunResults(
+        path=path,
+        config=shown_config,
+        final=final,
+        metrics=metrics,
+        step_lrs=[float(v) for v in state.get("step_lrs", [])],
+        lr_finder=finder,
+        classes=classes,
+        mean=mean,
+        std=std,
+        model=model,
+        summary=summary,
+        data=data,
+        logits=logits,
+    )
+
+
+def figure_data_uri(fig: Figure, dpi: int = 100) -> str:
+    """A figure as a base64 PNG data URI, for an ``<img src=...>``."""
+    return "data:image/png;base64," + base64.b64encode(figure_png(fig, dpi)).decode("ascii")
+
+
+def build_report(
+    results: RunResults,
+    *,
+    gallery_size: int = 25,
+    gradcam_count: int = 10,
+    gradcam_layer: str = DEFAULT_LAYER,
+    dpi: int = 100,
+) -> str:
+    """The report as one HTML document; every image is embedded, no scripts, no network."""
+    r = results
+    labels = r.data.test_labels
+    predicted = r.logits.argmax(1) if r.logits.numel() else torch.zeros(0, dtype=torch.long)
+    matrix = confusion_matrix(predicted, labels, len(r.classes))
+    per_class = per_class_accuracy(matrix)
+    accuracy = float((predicted == labels).float().mean()) if labels.numel() else float("nan")
+    mistakes = select_misclassified(r.logits, labels)
+
+    def img(fig: Figure, alt: str) -> str:
+        return f'<img src="{figure_data_uri(fig, dpi)}" alt="{_e(alt)}">'
+
+    parts = [_head(r), _nav()]
+    parts.append(_section("overview", _overview(r, accuracy, len(mistakes))))
+
+    curves = (
+        img(plot_training_curves(r.metrics), "loss and accuracy per epoch, train and test")
+        if r.metrics
+        else "<p>No epoch finished: no metrics.</p>"
+    )
+    parts.append(_section("curves", curves))
+
+    epochs = len(r.metrics) or 1
+    spe = len(r.step_lrs) // epochs if r.step_lrs and len(r.step_lrs) % epochs == 0 else None
+    lr_html = [
+        '<div class="pair">',
+        img(plot_lr_schedule(r.step_lrs, spe), "learning rate of every optimizer step"),
+    ]
+    if r.lr_finder is not None:
+        lr_html.append(img(plot_lr_finder(r.lr_finder), "LR range test with LRMAX and LRMIN"))
+    else:
+        lr_html.append("<p>The LRs were given, so no LR range test ran for this run.</p>")
+    lr_html.append("</div>")
+    parts.append(_section("schedule", "".join(lr_html)))
+
+    parts.append(
+        _section(
+            "errors",
+            '<div class="pair">'
+            + img(plot_confusion_matrix(matrix, r.classes), "confusion matrix")
+            + img(plot_per_class_accuracy(per_class, r.classes, accuracy), "per-class accuracy")
+            + "</div>",
+        )
+    )
+
+    shown = mistakes.head(gallery_size)
+    if len(shown):
+        gallery = img(
+            plot_misclassified(r.data.test_images[shown.indices], shown, r.classes),
+            "misclassified test images with predicted and actual class",
+        )
+        gallery = (
+            f"<p>{len(mistakes):,} of {labels.numel():,} test images are misclassified; "
+            f"the {len(shown)} with the most confident wrong prediction are shown. "
+            "Confidence is the softmax probability of the predicted class.</p>" + gallery
+        )
+    else:
+        gallery = "<p>No test image is misclassified.</p>"
+    parts.append(_section("gallery", gallery))
+    parts.append(_section("gradcam", _gradcam(r, mistakes.head(gradcam_count), gradcam_layer, img)))
+
+    summary = summarize_data(r.data)
+    figs = data_figures(
+        r.data,
+        summary,
+        padding=int(r.config.get("crop_padding", 4)),
+        cutout=int(r.config.get("cutout_size", 8)),
+        flip_prob=float(r.config.get("flip_prob", 0.5)),
+    )
+    parts.append(
+        _section(
+            "data",
+            _data_table(summary)
+            + img(figs["class_distribution"], "class distribution of train and test")
+            + '<div class="grids">'
+            + img(figs["samples"], "sample training images with labels")
+            + img(figs["augmented"], "the same images after training augmentation")
+            + "</div>",
+        )
+    )
+    parts.append(_section("epochs", _epoch_table(r.metrics)))
+    parts.append(_section("model", f"<pre>{_e(r.summary)}</pre>"))
+    parts.append(_section("config", _kv_table(r.config)))
+    parts.append("</main></div></body></html>\n")
+    return "".join(parts)
+
+
+def _gradcam(r: RunResults, chosen: Misclassified, layer: str, img: Any) -> str:
+    if not len(chosen):
+        return "<p>No misclassified image to explain.</p>"
+    images = r.data.test_images[chosen.indices]
+    device = next(r.model.parameters()).device
+    x = normalize(images.to(device), r.mean.to(device), r.std.to(device))
+    cam_pred = grad_cam(r.model, x, chosen.predicted, layer=layer)
+    cam_true = grad_cam(r.model, x, chosen.actual, layer=layer)
+    fig = plot_gradcam(images, cam_pred, cam_true, chosen, r.classes, layer=layer)
+    return (
+        f"<p>The {len(chosen)} most confident mistakes. Warm colours mark the regions whose "
+        f"features raised the score of the class named above the map (output of "
+        f"<code>{_e(layer)}</code>, upsampled to 32x32 and scaled to [0, 1] per map): "
+        "left for the predicted class, right for the actual class.</p>"
+        + img(fig, "Grad-CAM maps for the predicted and the actual class")
+    )
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+_CSS = """
+body.cr-report{margin:0}
+.cr-report{background:#f6f7f9;color:#1d1f23;font:15px/1.45 system-ui,-apple-system,
+"Segoe UI",Roboto,Helvetica,Arial,sans-serif}
+.cr-report main{max-width:1120px;margin:0 auto;padding:16px 24px 48px}
+.cr-report h1{font-size:1.6em;margin:.4em 0 .1em}
+.cr-report h2{font-size:1.25em;margin:0 0 .5em;padding-bottom:.2em;border-bottom:1px solid #dde1e6}
+.cr-report section{background:#fff;border:1px solid #e2e5e9;border-radius:8px;
+padding:14px 18px;margin:14px 0}
+.cr-report img{display:block;max-width:100%;height:auto;margin:8px auto}
+.cr-report .pair{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));
+gap:12px;align-items:start}
+.cr-report nav{font-size:.9em;margin:.4em 0 0}
+.cr-report nav a{margin-right:.9em;color:#2458a6;text-decoration:none;white-space:nowrap}
+.cr-report table{border-collapse:collapse;font-size:.88em;margin:6px 0}
+.cr-report th,.cr-report td{border:1px solid #e2e5e9;padding:3px 8px;text-align:left;
+vertical-align:top}
+.cr-report td.n{text-align:right;font-variant-numeric:tabular-nums}
+.cr-report th{background:#f0f2f5}
+.cr-report pre{font-size:12px;line-height:1.3;overflow-x:auto;background:#f6f7f9;
+padding:10px;border-radius:6px}
+.cr-report .kpi{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}
+.cr-report .kpi div{background:#f0f4fa;border-radius:6px;padding:6px 12px}
+.cr-report .kpi b{display:block;font-size:1.3em}
+.cr-report .muted{color:#5b6270;font-size:.9em}
+"""
+
+
+def _head(r: RunResults) -> str:
+    title = f"cifar-resnet report: {r.path.name}"
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
+        f'<body class="cr-report"><div class="cr-report"><main><h1>{_e(title)}</h1>'
+    )
+
+
+def _nav() -> str:
+    links = " ".join(f'<a href="#{key}">{_e(name)}</a>' for key, name in SECTIONS)
+    return f"<nav>{links}</nav>"
+
+
+def _section(key: str, body: str) -> str:
+    name = dict(SECTIONS)[key]
+    return f'<section id="{key}"><h2>{_e(name)}</h2>{body}</section>'
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+        return "[" + ", ".join(f"{v:.4f}" for v in value) + "]"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return "none" if value is None else str(value)
+
+
+def _kv_table(values: Mapping[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_fmt(v))}</td></tr>" for k, v in values.items())
+    return f"<table>{rows}</table>"
+
+
+def _overview(r: RunResults, accuracy: float, n_wrong: int) -> str:
+    f = r.final
+    n_test = int(r.data.test_labels.numel())
+    kpis = [
+        ("test accuracy (recomputed)", f"{accuracy:.2%}", f"{n_test:,} test images"),
+        (
+            "test accuracy (final.json)",
+            f"{f['test_acc']:.2%}" if "test_acc" in f else "n/a",
+            f"test loss {f['test_loss']:.4f}" if "test_loss" in f else "",
+        ),
+        ("misclassified", f"{n_wrong:,}", f"of {n_test:,}"),
+        ("epochs", str(len(r.metrics)), f"of {r.config.get('epochs', '?')} planned"),
+    ]
+    if "train_seconds" in f:
+        kpis.append(
+            (
+                "training time",
+                f"{f['train_seconds']:.1f} s",
+                f"{f.get('images_per_second', 0):,.0f} images/s",
+            )
+        )
+    boxes = "".join(
+        f"<div><span class='muted'>{_e(a)}</span><b>{_e(b)}</b>"
+        f"<span class='muted'>{_e(c)}</span></div>"
+        for a, b, c in kpis
+    )
+    keys = (
+        "device",
+        "torch",
+        "params",
+        "train_seconds",
+        "total_seconds",
+        "images_per_second",
+        "max_lr",
+        "min_lr",
+        "lr_source",
+        "batch_size",
+        "width",
+        "norm",
+        "seed",
+        "train_images",
+        "test_images",
+        "data",
+    )
+    shown = {k: f[k] for k in keys if k in f}
+    extra = {k: v for k, v in f.items() if k not in shown and k not in ("classes", "mean", "std")}
+    note = (
+        ""
+        if f
+        else "<p><b>final.json is missing: the run did not finish; this is its last checkpoint."
+        "</b></p>"
+    )
+    return (
+        note
+        + f"<div class='kpi'>{boxes}</div>"
+        + "<h3>Timings and device</h3>"
+        + (_kv_table(shown) if shown else "<p>Not recorded: final.json is missing.</p>")
+        + (
+            "<details><summary>everything else in final.json</summary>"
+            + _kv_table(extra)
+            + "</details>"
+            if extra
+            else ""
+        )
+        + f"<p class='muted'>Run folder: {_e(r.path.resolve())}. Accuracy is measured on the "
+        "test split only, with the checkpoint's model in eval mode and no augmentation.</p>"
+    )
+
+
+def _data_table(s: DataSummary) -> str:
+    rows = "".join(
+        f"<tr><th>{_e(c)}</th><td class='n'>{a:,}</td><td class='n'>{b:,}</td></tr>"
+        for c, a, b in zip(s.classes, s.train_counts, s.test_counts, strict=True)
+    )
+    counts = (
+        "<table><tr><th>class</th><th>train</th><th>test</th></tr>"
+        f"{rows}<tr><th>total</th><td class='n'>{sum(s.train_counts):,}</td>"
+        f"<td class='n'>{sum(s.test_counts):,}</td></tr></table>"
+    )
+    stats = "<table><tr><th>channel</th><th>train mean</th><th>train std</th>"
+    stats += "<th>test mean</th><th>test std</th></tr>"
+    for i, ch in enumerate(("red", "green", "blue")):
+        stats += (
+            f"<tr><th>{ch}</th><td class='n'>{s.mean[i]:.4f}</td><td class='n'>{s.std[i]:.4f}</td>"
+            f"<td class='n'>{s.test_mean[i]:.4f}</td><td class='n'>{s.test_std[i]:.4f}</td></tr>"
+        )
+    stats += "</table>"
+    return (
+        f"<p class='muted'>{_e(s.source)}. Pixel statistics in [0, 1] units; training and test "
+        "images are normalised with the training split's mean and std.</p>"
+        f"<div class='pair'>{counts}{stats}</div>"
+    )
+
+
+def _epoch_table(metrics: Sequence[Mapping[str, Any]]) -> str:
+    if not metrics:
+        return "<p>No epoch finished.</p>"
+    head = (
+        "<tr><th>epoch</th><th>LR (last step)</th><th>train loss</th><th>train acc</th>"
+        "<th>test loss</th><th>test acc</th><th>seconds</th></tr>"
+    )
+    rows = "".join(
+        f"<tr><td class='n'>{m['epoch']}</td><td class='n'>{m['lr']:.3e}</td>"
+        f"<td class='n'>{m['train_loss']:.4f}</td><td class='n'>{m['train_acc']:.2%}</td>"
+        f"<td class='n'>{m['test_loss']:.4f}</td><td class='n'>{m['test_acc']:.2%}</td>"
+        f"<td class='n'>{m.get('seconds', float('nan')):.1f}</td></tr>"
+        for m in metrics
+    )
+    return f"<table>{head}{rows}</table>"

@@ -1,0 +1,158 @@
+import io
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from cifar_resnet.data import CLASSES
+from cifar_resnet.gallery import select_misclassified
+from cifar_resnet.lr_finder import LRFinderResult, plot_lr_finder
+from cifar_resnet.plots import (
+    figure_png,
+    plot_class_distribution,
+    plot_confusion_matrix,
+    plot_gradcam,
+    plot_image_grid,
+    plot_lr_schedule,
+    plot_misclassified,
+    plot_per_class_accuracy,
+    plot_training_curves,
+)
+
+METRICS = [
+    {
+        "epoch": e,
+        "lr": 1e-3,
+        "train_loss": 2.0 / e,
+        "train_acc": 0.3 * e,
+        "test_loss": 2.2 / e,
+        "test_acc": 0.25 * e,
+        "seconds": 1.0,
+    }
+    for e in (1, 2, 3)
+]
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+
+
+def _titled_axes(fig: Figure) -> list:
+    return [ax for ax in fig.axes if ax.get_images()]
+
+
+def test_figure_png_renders_without_pyplot():
+    fig = plot_lr_schedule([1e-4, 1e-3, 1e-4])
+    png = figure_png(fig, dpi=50)
+    assert png.startswith(b"\x89PNG")
+    assert Image.open(io.BytesIO(png)).size == (350, 170)  # 7 x 3.4 inches at 50 dpi
+    assert fig.canvas.manager is None  # not registered with pyplot: no global state, no GUI
+
+
+def test_class_distribution_bars_per_class_and_split():
+    train, test = [60 + i for i in range(10)], [20] * 10
+    fig = plot_class_distribution(train, test, CLASSES)
+    assert isinstance(fig, Figure)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(CLASSES)
+    assert ax.get_xlabel() == "class" and ax.get_ylabel() == "images"
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == train + test
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train (645)", "test (200)"]
+
+
+def test_image_grid_one_axis_per_image_with_titles():
+    images = _images(7)
+    titles = [f"img {i}" for i in range(7)]
+    fig = plot_image_grid(images, titles, ncols=4, title="grid")
+    assert len(fig.axes) == 8  # 2 rows of 4, the last cell empty
+    shown = _titled_axes(fig)
+    assert [ax.get_title() for ax in shown] == titles
+    assert (shown[0].get_images()[0].get_array() == images[0].permute(1, 2, 0).numpy()).all()
+    assert fig.get_suptitle() == "grid"
+
+
+def test_training_curves_two_axes_train_and_test():
+    fig = plot_training_curves(METRICS)
+    loss, acc = fig.axes
+    assert loss.get_title() == "loss" and acc.get_title() == "accuracy"
+    assert loss.get_xlabel() == acc.get_xlabel() == "epoch"
+    assert acc.get_ylabel() == "accuracy (%)"
+    for ax in (loss, acc):
+        assert [line.get_label() for line in ax.get_lines()[:2]] == ["train", "test"]
+    assert list(acc.get_lines()[1].get_ydata()) == pytest.approx([25, 50, 75])
+    assert list(loss.get_lines()[0].get_xdata()) == [1, 2, 3]
+
+
+def test_lr_schedule_plots_every_step_against_epochs():
+    lrs = [1e-4 + i * 1e-4 for i in range(10)] + [1e-3 - i * 1e-4 for i in range(10)]
+    fig = plot_lr_schedule(lrs, steps_per_epoch=5)
+    (ax,) = fig.axes
+    line = ax.get_lines()[0]
+    assert list(line.get_ydata()) == lrs
+    assert line.get_xdata()[-1] == pytest.approx(4.0)  # 20 steps = 4 epochs
+    assert ax.get_ylabel() == "learning rate"
+    assert ax.get_xlabel().startswith("epoch")
+    assert "20 steps" in ax.get_title()
+    assert plot_lr_schedule(lrs).axes[0].get_xlabel() == "optimizer step"
+
+
+def test_confusion_matrix_shows_counts_with_class_ticks():
+    m = torch.tensor([[5, 1, 0], [2, 3, 0], [0, 0, 4]])
+    fig = plot_confusion_matrix(m, ["a", "b", "c"])
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "actual class"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+    assert [t.get_text() for t in ax.texts] == ["5", "1", "0", "2", "3", "0", "0", "0", "4"]
+    frac = ax.get_images()[0].get_array()
+    assert frac[1, 0] == pytest.approx(0.4)  # 2 of the 5 actual "b" predicted "a"
+    assert "15 test images" in ax.get_title()
+
+
+def test_per_class_accuracy_bars_in_percent():
+    fig = plot_per_class_accuracy(torch.tensor([0.5, 1.0, 0.25]), ["a", "b", "c"], overall=0.6)
+    ax = fig.axes[0]
+    assert [p.get_width() for p in ax.patches] == pytest.approx([50, 100, 25])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+    assert ax.get_xlabel() == "test accuracy (%)"
+    assert ax.get_legend().get_texts()[0].get_text() == "overall 60.00%"
+
+
+def test_misclassified_gallery_titles_name_predicted_actual_and_confidence():
+    logits = torch.tensor([[0.0, 3.0], [3.0, 0.0], [0.0, 1.0]])
+    mistakes = select_misclassified(logits, torch.tensor([0, 0, 0]))
+    fig = plot_misclassified(_images(2), mistakes, ["cat", "dog"])
+    titles = [ax.get_title() for ax in _titled_axes(fig)]
+    assert titles == ["pred dog 95%\nactual cat", "pred dog 73%\nactual cat"]
+
+
+def test_gradcam_figure_image_and_two_maps_per_mistake():
+    logits = torch.tensor([[0.0, 3.0], [0.0, 2.0], [0.0, 1.0]])
+    mistakes = select_misclassified(logits, torch.tensor([0, 0, 0]))
+    cams = torch.rand(3, 32, 32)
+    fig = plot_gradcam(_images(3), cams, cams, mistakes, ["cat", "dog"], layer="layer2")
+    assert len(fig.axes) == 12  # 2 rows of 2 triplets
+    shown = _titled_axes(fig)
+    assert len(shown) == 9
+    assert shown[1].get_title() == "CAM dog\n(predicted)"
+    assert shown[2].get_title() == "CAM cat\n(actual)"
+    assert len(shown[1].get_images()) == 2  # the image under the heat map
+    assert "layer2" in fig.get_suptitle()
+
+
+def test_lr_finder_figure_rebuilds_from_json_dict():
+    result = LRFinderResult(
+        lrs=[1e-5, 1e-4, 1e-3],
+        losses=[2.3, 2.0, 2.5],
+        smoothed=[2.3, 2.1, 2.2],
+        max_lr=1e-5,
+        min_lr=1e-6,
+        rule="valley",
+        min_lr_divisor=10.0,
+        diverged=False,
+    )
+    fig = plot_lr_finder(LRFinderResult(**result.to_dict()))
+    assert fig.axes[0].get_xlabel() == "learning rate"
