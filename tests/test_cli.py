@@ -23,6 +23,7 @@ TINY = [
     "--device",
     "cpu",
     "--quiet",
+    "--no-report",
 ]
 
 

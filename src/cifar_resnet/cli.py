@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .config import TrainConfig, field_types
-from .errors import CifarResnetError
+from .errors import CheckpointError, CifarResnetError, ConfigError, TrainingInterrupted
 
 PROG = "cifar-resnet"
 
@@ -73,10 +75,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .run_folder import RunFolder
     from .train import fit
 
-    config = _config(args)
-    out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-    run = RunFolder(out, force=args.force)
-    history = fit(config, run=run, progress=not args.quiet)
+    if args.resume:
+        out, config, state = _resume_target(args)
+        run = RunFolder(out, resume=True)
+    else:
+        config, state = _config(args), None
+        out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+        run = RunFolder(out, force=args.force)
+    try:
+        history = fit(config, run=run, progress=not args.quiet, resume=state)
+    except TrainingInterrupted as e:
+        name = signal.Signals(e.signum).name
+        print(
+            f"{PROG}: {name} in epoch {e.epoch} after step {e.step}; checkpoint saved in "
+            f"{out / 'checkpoints' / 'last.pt'}; continue with: {PROG} train --resume {out}",
+            file=sys.stderr,
+        )
+        return 128 + e.signum
     if history.lr_finder is not None:
         _save_figure(run, "lr_finder.png", plot_lr_finder(history.lr_finder))
     final = history.final
@@ -86,7 +101,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{final['images_per_second']:.0f} images/s on {final['device']}; "
         f"LR {final['min_lr']:.2e} -> {final['max_lr']:.2e} ({final['lr_source']}); run in {out}"
     )
+    if args.report and os.environ.get("RANK", "0") == "0":
+        try:
+            path = _write_report(out, config.data_dir, config.cache_dir, config.device)
+            print(f"report in {path}")
+        except CifarResnetError as e:  # the run itself is saved; the report can be rebuilt
+            message = " ".join(str(e).split())
+            print(
+                f"{PROG}: warning: no report ({message}); retry: {PROG} report {out}",
+                file=sys.stderr,
+            )
     return 0
+
+
+_RESUME_OVERRIDES = ("data_dir", "cache_dir", "device")
+
+
+def _resume_target(args: argparse.Namespace) -> tuple[Path, TrainConfig, dict[str, Any]]:
+    """Run folder, config and checkpoint for ``train --resume RUN``."""
+    from .checkpoint import config_from_checkpoint, load_checkpoint
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    fixed = sorted(k for k in vars(args) if k in names and k not in _RESUME_OVERRIDES)
+    if fixed or args.out or args.force:
+        flags = [f"--{k.replace('_', '-')}" for k in fixed]
+        flags += [f for f, on in (("--out", args.out), ("--force", args.force)) if on]
+        raise ConfigError(
+            f"--resume continues the run with its saved settings; drop {', '.join(flags)} "
+            "(only --data-dir, --cache-dir and --device may change)"
+        )
+    target = Path(args.resume)
+    out = target if target.is_dir() else target.parent.parent
+    state = load_checkpoint(target)
+    config = config_from_checkpoint(state)
+    overrides = {k: getattr(args, k) for k in _RESUME_OVERRIDES if k in vars(args)}
+    config = config.replace(**overrides)
+    if state["epoch"] >= config.epochs and state.get("epoch_state") is None:
+        raise CheckpointError(
+            f"the run in {out} already finished its {config.epochs} epochs; nothing to resume"
+        )
+    return out, config, state
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
@@ -115,6 +169,256 @@ def _save_figure(run: Any, name: str, fig: Any) -> None:
     run.write_bytes(name, buf.getvalue())
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .data import load_cifar10
+    from .inference import evaluate_model, evaluation_table, load_model, select_test_split
+
+    model = load_model(args.checkpoint, device=args.device)
+    config = model.config
+    data_dir = args.data_dir if args.data_dir is not None else config.data_dir
+    cache_dir = args.cache_dir if args.cache_dir is not None else config.cache_dir
+    data = load_cifar10(data_dir, cache_dir, progress=not (args.quiet or args.json))
+    limit = config.limit_test if args.limit_test is None else args.limit_test or None
+    images, labels = select_test_split(model, data, limit)
+    result = evaluate_model(model, images, labels, tta=args.tta)
+    if args.json:
+        report = {
+            "checkpoint": str(model.path or args.checkpoint),
+            "epoch": model.epoch,
+            "device": model.runtime.describe(),
+            "data": data.source,
+            "split": "test",
+            "limit_test": limit,
+            "recorded_test_acc": model.recorded_test_acc,
+            "classes": list(model.classes),
+            **result.to_dict(),
+        }
+        print(json.dumps(report, indent=2))
+        return 0
+    recorded = model.recorded_test_acc
+    print(
+        f"checkpoint {model.path or args.checkpoint} (epoch {model.epoch}, width "
+        f"{config.width:g}, {config.norm} norm) on {model.runtime.describe()}"
+        + (f"; test accuracy recorded in training {recorded:.2%}" if recorded is not None else "")
+    )
+    print(f"data {data.source}, test split" + (f", first {limit:,} images" if limit else ""))
+    print(evaluation_table(result))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .inference import load_model, predict, prediction_table, to_batch
+
+    model = load_model(args.checkpoint, device=args.device)
+    images = to_batch(args.images)  # every file is read before anything is printed
+    predictions = predict(model, images, tta=args.tta)
+    if args.json:
+        rows = [
+            {
+                "image": name,
+                "top_k": [{"class": c, "prob": p} for c, p in top],
+                "probs": dict(zip(model.classes, probs, strict=True)),
+            }
+            for name, top, probs in zip(
+                args.images, predictions.top_k(args.top_k), predictions.probs.tolist(), strict=True
+            )
+        ]
+        print(json.dumps({"checkpoint": str(model.path), "tta": args.tta, "predictions": rows}))
+        return 0
+    print(prediction_table(args.images, predictions, args.top_k))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+    from .inference import load_model
+
+    model = load_model(args.checkpoint, device="cpu")
+    result = export_model(model, args.out, args.format, overwrite=args.force)
+    print(
+        f"wrote {result.path} ({result.format}, {result.size_bytes / 1e6:.1f} MB): input images "
+        f"float32 (N, 3, 32, 32) in [0, 1], normalisation inside; output logits "
+        f"(N, {len(model.classes)}); classes and mean/std in its metadata; "
+        f"max |logit| difference from PyTorch {result.max_abs_diff:.1e}"
+    )
+    return 0
+
+
+def _device_arg(value: str) -> str:
+    if value in ("auto", "cpu", "cuda", "mps") or (value[:5] == "cuda:" and value[5:].isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+
+
+def _positive_int(value: str) -> int:
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value!r}")
+
+
+def _limit_arg(value: str) -> int:
+    if value == "all":
+        return 0
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 or all, got {value!r}")
+
+
+def _add_inference_commands(sub: Any) -> None:
+    """The evaluate, predict and export subcommands."""
+    checkpoint_help = "a checkpoint .pt file or a run folder (uses checkpoints/last.pt)"
+    device_help = "auto (cuda if present), cpu, cuda, cuda:N or mps (default: cpu)"
+
+    p = sub.add_parser("evaluate", help="test accuracy, loss, per-class accuracy, confusion")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help=checkpoint_help)
+    p.add_argument("--data-dir", help="CIFAR-10 copy (default: the one the model trained on)")
+    p.add_argument("--cache-dir", help="cache folder (default: the training run's)")
+    p.add_argument(
+        "--limit-test",
+        type=_limit_arg,
+        metavar="N|all",
+        help="evaluate the first N test images, or all (default: as in training)",
+    )
+    p.add_argument("--tta", action="store_true", help="also with horizontal-flip TTA")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--device", type=_device_arg, default="cpu", help=device_help)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k classes of image files")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help=checkpoint_help)
+    p.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files (any size: center-cropped, 32x32)"
+    )
+    p.add_argument(
+        "--top-k", type=_positive_int, default=3, metavar="K", help="classes shown (default: 3)"
+    )
+    p.add_argument("--tta", action="store_true", help="average with the mirror image")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--device", type=_device_arg, default="cpu", help=device_help)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="write the model as ONNX or TorchScript")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help=checkpoint_help)
+    p.add_argument(
+        "--format", choices=("onnx", "torchscript"), default="onnx", help="(default: onnx)"
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    import json
+
+    from .analysis import data_figures, format_summary, summarize_data
+    from .data import load_cifar10
+    from .plots import figure_png
+    from .run_folder import atomic_write
+
+    out = Path(args.out)
+    if (out / "data.json").exists() and not args.force:
+        raise CifarResnetError(
+            f"--out {out} already holds a data analysis (data.json); "
+            "choose a new folder or pass --force to overwrite it"
+        )
+    data = load_cifar10(args.data_dir, args.cache_dir, progress=not args.quiet)
+    summary = summarize_data(data)
+    figures = data_figures(data, summary, per_class=args.per_class, seed=args.seed)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CifarResnetError(f"cannot create --out {out} ({e.strerror or e})") from None
+    blob = (json.dumps(summary.to_dict(), indent=2) + "\n").encode()
+    atomic_write(out / "data.json", lambda f: f.write(blob))
+    for name, fig in figures.items():
+        png = figure_png(fig)
+        atomic_write(out / f"{name}.png", lambda f, png=png: f.write(png))
+    print(format_summary(summary))
+    print(f"wrote data.json, {', '.join(f'{n}.png' for n in figures)} in {out}")
+    return 0
+
+
+def _write_report(
+    run_dir: Path,
+    data_dir: str | None,
+    cache_dir: str | None,
+    device: str,
+    layer: str | None = None,
+    progress: bool = False,
+) -> Path:
+    """Build report.html for a run folder and write it there."""
+    from .gradcam import DEFAULT_LAYER
+    from .report import build_report, load_run
+    from .run_folder import atomic_write
+
+    results = load_run(
+        run_dir, data_dir=data_dir, cache_dir=cache_dir, device=device, progress=progress
+    )
+    page = build_report(results, gradcam_layer=layer or DEFAULT_LAYER).encode()
+    path = Path(run_dir) / "report.html"
+    atomic_write(path, lambda f: f.write(page))
+    return path
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .gradcam import GRADCAM_LAYERS
+
+    layer = args.gradcam_layer
+    if layer is not None and layer not in GRADCAM_LAYERS:
+        choices = ", ".join(GRADCAM_LAYERS)
+        raise ConfigError(f"--gradcam-layer must be one of {choices}, got {layer!r}")
+    path = _write_report(
+        Path(args.run),
+        args.data_dir,
+        args.cache_dir,
+        args.device,
+        layer,
+        progress=not args.quiet,
+    )
+    print(f"report in {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _add_insight_commands(sub: Any) -> None:
+    """The data and report subcommands, and train's --no-report."""
+    p = sub.add_parser("data", help="class counts, channel mean/std, sample and augmented grids")
+    p.add_argument("--data-dir", help="local CIFAR-10 (default: download the official archive)")
+    p.add_argument("--cache-dir", help="cache folder (default ~/.cache/cifar_resnet)")
+    p.add_argument("--out", required=True, help="folder for data.json and the PNG figures")
+    p.add_argument("--per-class", type=_positive_int, default=4, help="samples per class shown")
+    p.add_argument("--seed", type=int, default=0, help="seed for the samples and augmentation")
+    p.add_argument("--force", action="store_true", help="overwrite an analysis already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("report", help="(re)build report.html of a run folder")
+    p.add_argument("run", metavar="RUN", help="run folder written by train --out")
+    p.add_argument("--data-dir", help="CIFAR-10 copy (default: the one the run trained on)")
+    p.add_argument("--cache-dir", help="cache folder (default: the run's)")
+    p.add_argument(
+        "--gradcam-layer",
+        metavar="{layer1,layer2,layer3}",
+        help="block whose output Grad-CAM explains (default: layer2)",
+    )
+    p.add_argument(
+        "--device", type=_device_arg, default="auto", help="auto (default), cpu, cuda, cuda:N"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_report)
+
+    sub.choices["train"].add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="do not write report.html after training (cifar-resnet report RUN builds it later)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``cifar-resnet`` argument parser."""
     parser = _Parser(
@@ -135,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder to write (default runs/<date-time>)")
     p.add_argument("--force", action="store_true", help="overwrite a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue an interrupted run (its folder or checkpoint) with its saved settings",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("lr-find", help="run the LR range test alone and plot it")
@@ -151,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_lr_find)
+
+    _add_inference_commands(sub)
+    _add_insight_commands(sub)
     return parser
 
 

@@ -55,6 +55,12 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def broadcast_buffers(self, model: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (BatchNorm statistics), so all hold one model."""
+        if self.enabled:
+            for buf in model.buffers():
+                dist.broadcast(buf, src=0)
+
     def broadcast_floats(self, values: list[float], device: torch.device) -> list[float]:
         """Rank 0's values on every rank."""
         if not self.enabled:

@@ -22,6 +22,7 @@ RUN_FILES = (
     "metrics.jsonl",
     "final.json",
     "lr_finder.json",
+    "report.html",
     "checkpoints/last.pt",
 )
 

@@ -465,7 +465,23 @@ def fit(
         config = config_from_checkpoint(resume).replace(
             data_dir=config.data_dir, cache_dir=config.cache_dir, device=config.device
         )
+    joined = torch.distributed.is_available() and torch.distributed.is_initialized()
     dist = from_env(resolve_runtime(config.device).device.type)
+    try:
+        return _fit(config, data, run, progress, resume, dist)
+    finally:
+        if dist.enabled and not joined:  # leave the process group as we found it
+            torch.distributed.destroy_process_group()
+
+
+def _fit(
+    config: TrainConfig,
+    data: Cifar10 | None,
+    run: RunFolder | None,
+    progress: bool,
+    resume: dict[str, Any] | None,
+    dist: Dist,
+) -> History:
     per_rank_batch(config.batch_size, dist.world)
     if not dist.is_main:
         run, progress = None, False
@@ -578,7 +594,10 @@ def fit(
                 raise TrainingInterrupted(
                     received[0] if received else signal.SIGTERM, epoch, tr["stopped"].step
                 )
-            ev = evaluate(ddp, test, runtime, batch_size=config.eval_batch_size, dist=dist)
+            # Evaluate the plain module (DDP's forward would expect every rank to join), with
+            # rank 0's BatchNorm statistics everywhere: the reported accuracy is the saved model's.
+            dist.broadcast_buffers(model)
+            ev = evaluate(model, test, runtime, batch_size=config.eval_batch_size, dist=dist)
             train_seconds += tr["seconds"]
             history.step_lrs += tr["lrs"]
             metrics = {
@@ -597,9 +616,9 @@ def fit(
                     f"train loss {tr['loss']:.4f} acc {tr['acc']:.2%}  "
                     f"test loss {ev['loss']:.4f} acc {ev['acc']:.2%}  {tr['seconds']:.1f} s"
                 )
-            if run is not None:
-                run.log_epoch(metrics)
+            if run is not None:  # checkpoint first: resuming rewrites metrics from it
                 run.save_checkpoint(checkpoint(epoch, None))
+                run.log_epoch(metrics)
             if received and epoch < config.epochs:
                 raise TrainingInterrupted(received[0], epoch + 1, 0)
 

@@ -1,0 +1,83 @@
+"""Data-parallel training: two Gloo processes on the CPU."""
+
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from cifar_resnet.config import TrainConfig
+from cifar_resnet.distributed import per_rank_batch, shard
+from cifar_resnet.errors import ConfigError
+
+CONFIG = TrainConfig(
+    width=0.25, epochs=2, peak_epoch=1, batch_size=100, max_lr=2e-3, device="cpu", seed=3
+)
+
+
+def test_rank_shards_of_every_batch_are_disjoint_and_cover_the_data():
+    order = torch.randperm(1003, generator=torch.Generator().manual_seed(0))
+    seen = []
+    for start in range(0, 1003, 100):
+        batch = order[start : start + 100]
+        parts = [shard(batch, r, 3) for r in range(3)]
+        assert sum(len(p) for p in parts) == len(batch)
+        seen += [i for p in parts for i in p.tolist()]
+    assert sorted(seen) == list(range(1003))
+
+
+def test_the_global_batch_must_split_evenly():
+    assert per_rank_batch(512, 4) == 128
+    with pytest.raises(ConfigError, match="multiple of 3"):
+        per_rank_batch(512, 3)
+
+
+def _worker(rank: int, world: int, port: int, data, out: str) -> None:
+    import os
+
+    from cifar_resnet.train import fit
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    history = fit(CONFIG, data, progress=False)
+    torch.save(
+        {"model": history.model.state_dict(), "final": history.final, "epochs": history.epochs},
+        f"{out}/rank{rank}.pt",
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_train_identical_weights_and_report_the_true_accuracy(
+    synthetic, tmp_path
+):
+    from cifar_resnet.runtime import resolve_runtime
+    from cifar_resnet.train import build_model, evaluate, prepare_splits
+
+    mp.spawn(_worker, args=(2, _free_port(), synthetic, str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    for key in r0["model"]:  # weights, and BatchNorm statistics (rank 0's, broadcast)
+        assert torch.equal(r0["model"][key], r1["model"][key]), key
+    assert r0["final"]["processes"] == 2
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(r0["epochs"]) == drop(r1["epochs"])  # metrics are reduced across ranks
+
+    # The reported test accuracy is that of the final model, evaluated in one process.
+    runtime = resolve_runtime("cpu")
+    _, test = prepare_splits(synthetic, CONFIG, runtime)
+    model = build_model(CONFIG)
+    model.load_state_dict(r0["model"])
+    single = evaluate(model, test, runtime, batch_size=CONFIG.eval_batch_size)
+    assert r0["final"]["test_acc"] == single["acc"]
+    assert r0["final"]["test_loss"] == pytest.approx(single["loss"], rel=1e-6)

@@ -1,0 +1,160 @@
+"""Interrupt a real CLI training run (SIGINT, SIGTERM, SIGKILL), resume it, compare."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_synthetic, write_pickles
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+ARGS = [
+    "--width",
+    "0.25",
+    "--epochs",
+    "3",
+    "--peak-epoch",
+    "1",
+    "--batch-size",
+    "20",
+    "--max-lr",
+    "2e-3",
+    "--device",
+    "cpu",
+    "--seed",
+    "5",
+    "--dropout",
+    "0.05",
+    "--quiet",
+    "--no-report",
+]
+ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+
+
+def _train(*argv: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cifar_resnet", "train", *argv],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_pickles(root, make_synthetic(n_train=600, n_test=100))
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    proc = _train(
+        "--data-dir",
+        str(data_dir),
+        "--cache-dir",
+        str(data_dir / "cache"),
+        "--out",
+        str(out),
+        *ARGS,
+    )
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return out
+
+
+def _wait_for_epochs(out: Path, k: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    metrics = out / "metrics.jsonl"  # written after the epoch's checkpoint
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= k:
+            return
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the epoch in time")
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    sa = torch.load(a / "checkpoints" / "last.pt", weights_only=False)
+    sb = torch.load(b / "checkpoints" / "last.pt", weights_only=False)
+    for key in sa["model"]:
+        assert torch.equal(sa["model"][key], sb["model"][key]), key
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    ma = [json.loads(s) for s in (a / "metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(s) for s in (b / "metrics.jsonl").read_text().splitlines()]
+    assert drop(ma) == drop(mb)
+    assert sa["step_lrs"] == sb["step_lrs"]
+    fa, fb = (json.loads((p / "final.json").read_text()) for p in (a, b))
+    assert fa["test_acc"] == fb["test_acc"] and fa["test_loss"] == fb["test_loss"]
+    assert fb["resumed"] is True
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_checkpoints_mid_epoch_and_resume_ends_bit_exact(
+    sig, code, data_dir, reference, tmp_path
+):
+    out = tmp_path / "run"
+    proc = _train(
+        "--data-dir",
+        str(data_dir),
+        "--cache-dir",
+        str(data_dir / "cache"),
+        "--out",
+        str(out),
+        *ARGS,
+    )
+    _wait_for_epochs(out, 1, proc)
+    time.sleep(0.4)  # inside epoch 2
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "--resume" in err and "Traceback" not in err
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["epoch"] >= 1
+
+    resumed = _train("--resume", str(out), "--quiet", "--no-report")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    _assert_same_run(reference, out)
+
+
+def test_sigkill_loses_at_most_the_current_epoch_and_resume_ends_bit_exact(
+    data_dir, reference, tmp_path
+):
+    out = tmp_path / "run"
+    proc = _train(
+        "--data-dir",
+        str(data_dir),
+        "--cache-dir",
+        str(data_dir / "cache"),
+        "--out",
+        str(out),
+        *ARGS,
+    )
+    _wait_for_epochs(out, 1, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)  # never truncated
+    assert state["epoch"] >= 1
+
+    resumed = _train("--resume", str(out), "--quiet", "--no-report")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    _assert_same_run(reference, out)
+
+
+def test_resume_refuses_changed_settings_and_finished_runs(reference, capsys):
+    from cifar_resnet import cli
+
+    assert cli.main(["train", "--resume", str(reference), "--epochs", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--epochs" in err
+    assert cli.main(["train", "--resume", str(reference)]) == 2
+    assert "already finished" in capsys.readouterr().err
