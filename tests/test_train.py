@@ -187,3 +187,71 @@ def test_a_nan_loss_stops_at_once_naming_step_and_lr_and_keeps_the_last_checkpoi
     assert state["epoch"] == 1  # the last good checkpoint
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def _reference_batch(train, config, seed, device="cpu"):
+    """The first training batch rebuilt image by image from the same random draws."""
+    from cifar_resnet.augment import sample_augment
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    order = torch.randperm(train.images.shape[0], generator=gen, device=device)
+    idx = order[: config.batch_size]
+    p = sample_augment(
+        len(idx),
+        padding=config.crop_padding,
+        cutout=config.cutout_size,
+        flip_prob=config.flip_prob,
+        generator=gen,
+        device=device,
+    )
+    pad, cut = config.crop_padding, config.cutout_size
+    images = []
+    for i, j in enumerate(idx.tolist()):
+        img = train.images[j].float().div(255)  # (3, 32, 32)
+        img = (img - train.mean.view(3, 1, 1)) / train.std.view(3, 1, 1)
+        img = nn.functional.pad(img, (pad,) * 4)
+        y0, x0 = int(p.crop_y[i]), int(p.crop_x[i])
+        img = img[:, y0 : y0 + 32, x0 : x0 + 32]
+        if p.flip[i]:
+            img = img.flip(2)  # width axis of (C, H, W)
+        img = img.clone()
+        cy, cx = int(p.cut_y[i]), int(p.cut_x[i])
+        img[:, cy : cy + cut, cx : cx + cut] = 0
+        images.append(img)
+    return torch.stack(images), train.labels[idx]
+
+
+def test_fast_path_gives_the_loss_of_a_per_image_reference_on_the_same_draws(synthetic):
+    from cifar_resnet.train import train_batches
+
+    config = TrainConfig(max_lr=1e-3, **QUICK)
+    runtime = resolve_runtime("cpu")
+    train, _ = prepare_splits(synthetic, config, runtime)
+    x_fast, y_fast = next(train_batches(train, config, runtime, torch.Generator().manual_seed(4)))
+    x_ref, y_ref = _reference_batch(train, config, 4)
+    assert torch.equal(y_fast, y_ref)
+    torch.testing.assert_close(x_fast, x_ref, rtol=0, atol=1e-6)
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    loss_fast = nn.functional.cross_entropy(model(x_fast), y_fast)
+    loss_ref = nn.functional.cross_entropy(model(x_ref), y_ref)
+    assert loss_fast.item() == pytest.approx(loss_ref.item(), rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_fast_path_matches_the_fp32_reference_within_bf16_tolerance(synthetic):
+    from cifar_resnet.train import train_batches
+
+    config = TrainConfig(max_lr=1e-3, **{**QUICK, "device": "cuda"})
+    runtime = resolve_runtime("cuda")
+    train, _ = prepare_splits(synthetic, config, runtime)
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    x_fast, y_fast = next(train_batches(train, config, runtime, gen))
+    x_ref, y_ref = _reference_batch(train, config, 4, device="cuda")
+    torch.manual_seed(0)
+    model = build_model(config).cuda().eval()
+    with runtime.autocast():
+        loss_fast = nn.functional.cross_entropy(model(x_fast).float(), y_fast)
+    loss_ref = nn.functional.cross_entropy(model(x_ref.contiguous()), y_ref)
+    assert torch.equal(y_fast, y_ref)
+    assert loss_fast.item() == pytest.approx(loss_ref.item(), rel=2e-2)
