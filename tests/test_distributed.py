@@ -81,3 +81,60 @@ def test_two_gloo_processes_train_identical_weights_and_report_the_true_accuracy
     single = evaluate(model, test, runtime, batch_size=CONFIG.eval_batch_size)
     assert r0["final"]["test_acc"] == single["acc"]
     assert r0["final"]["test_loss"] == pytest.approx(single["loss"], rel=1e-6)
+
+
+def test_torchrun_two_processes_write_one_run(pickle_dir, tmp_path):
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed beside this Python")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+    }
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "cifar_resnet",
+            "train",
+            "--data-dir",
+            str(pickle_dir),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--width",
+            "0.25",
+            "--epochs",
+            "1",
+            "--peak-epoch",
+            "1",
+            "--batch-size",
+            "100",
+            "--max-lr",
+            "2e-3",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-report",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("test accuracy") == 1  # rank 0 alone reports
+    final = json.loads((out / "final.json").read_text())
+    assert final["processes"] == 2 and 0 <= final["test_acc"] <= 1

@@ -75,13 +75,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .run_folder import RunFolder
     from .train import fit
 
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
     if args.resume:
         out, config, state = _resume_target(args)
-        run = RunFolder(out, resume=True)
+        run = RunFolder(out, resume=True) if main_rank else None
     else:
         config, state = _config(args), None
         out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-        run = RunFolder(out, force=args.force)
+        run = RunFolder(out, force=args.force) if main_rank else None
     try:
         history = fit(config, run=run, progress=not args.quiet, resume=state)
     except TrainingInterrupted as e:
@@ -92,6 +93,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + e.signum
+    if not main_rank:
+        return 0
     if history.lr_finder is not None:
         _save_figure(run, "lr_finder.png", plot_lr_finder(history.lr_finder))
     final = history.final
@@ -101,7 +104,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{final['images_per_second']:.0f} images/s on {final['device']}; "
         f"LR {final['min_lr']:.2e} -> {final['max_lr']:.2e} ({final['lr_source']}); run in {out}"
     )
-    if args.report and os.environ.get("RANK", "0") == "0":
+    if args.report:
         try:
             path = _write_report(out, config.data_dir, config.cache_dir, config.device)
             print(f"report in {path}")
