@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import pickle
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,27 +69,43 @@ def pickle_dir(tmp_path: Path, synthetic: Cifar10) -> Path:
     return write_pickles(tmp_path / "data", synthetic)
 
 
-@pytest.fixture()
-def serve_folder():
-    """Serve a folder over HTTP on 127.0.0.1; yields a function folder -> base URL."""
-    import functools
-    import http.server
-    import threading
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str]
 
-    servers = []
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        super().do_GET()
 
-    def serve(folder: Path) -> str:
-        class Quiet(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
-        handler = functools.partial(Quiet, directory=str(folder))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
 
-    yield serve
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that hang up early are not test failures
+
+
+@dataclass
+class Served:
+    root: Path
+    base_url: str
+    requests: list[str]
+
+
+@pytest.fixture
+def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A folder served over HTTP on 127.0.0.1, recording the paths requested."""
+    root = tmp_path / "www"
+    root.mkdir()
+    requests: list[str] = []
+    handler = type("Handler", (_Handler,), {"requests": requests})
+    server = _Server(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    host, port = server.server_address[:2]
+    yield Served(root=root, base_url=f"http://{host}:{port}", requests=requests)
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)

@@ -230,14 +230,13 @@ def test_bad_data_is_a_one_line_error_and_an_earlier_run_is_kept(case, needle, t
 
 
 def test_checksum_mismatch_and_offline_download_are_one_line_errors(
-    pickle_dir, tmp_path, capsys, monkeypatch, serve_folder
+    pickle_dir, tmp_path, capsys, monkeypatch, http_root
 ):
-    (tmp_path / "site").mkdir()
-    archive = tmp_path / "site" / "cifar-10-python.tar.gz"
+    archive = http_root.root / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(pickle_dir, arcname="cifar-10-batches-py")
     wrong = hashlib.md5(b"not the archive").hexdigest()
-    url = f"{serve_folder(tmp_path / 'site')}/cifar-10-python.tar.gz"
+    url = f"{http_root.base_url}/cifar-10-python.tar.gz"
     patched = functools.partial(data.load_cifar10, url=url, md5=wrong)
     monkeypatch.setattr("cifar_resnet.train.load_cifar10", patched)
     argv = [

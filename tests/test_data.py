@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import os
 import pickle
 import socket
 import tarfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import Served
 from PIL import Image
 
 from cifar_resnet import data
@@ -123,47 +121,6 @@ def assert_one_line(err: pytest.ExceptionInfo[DataError]) -> str:
     assert message
     assert "\n" not in message
     return message
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    requests: list[str]
-
-    def do_GET(self) -> None:
-        self.requests.append(self.path)
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # clients that hang up early are not test failures
-
-
-@dataclass
-class Served:
-    root: Path
-    base_url: str
-    requests: list[str]
-
-
-@pytest.fixture
-def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    root = tmp_path / "www"
-    root.mkdir()
-    requests: list[str] = []
-    handler = type("Handler", (_Handler,), {"requests": requests})
-    server = _Server(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    host, port = server.server_address[:2]
-    yield Served(root=root, base_url=f"http://{host}:{port}", requests=requests)
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
 
 
 def serve_fake_official(served: Served, tmp_path: Path, exp: Expected) -> tuple[str, str]:

@@ -165,11 +165,9 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def _save_figure(run: Any, name: str, fig: Any) -> None:
-    import io
+    from .plots import figure_png
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    run.write_bytes(name, buf.getvalue())
+    run.write_bytes(name, figure_png(fig, dpi=110))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
