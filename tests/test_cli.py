@@ -1,5 +1,6 @@
 import functools
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from cifar_resnet import cli, data
 
@@ -281,3 +283,94 @@ def test_console_entry_point_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _robustness_case(case: str, tmp_path: Path, pickle_dir: Path) -> list[str]:
+    """Set up one bad input; returns the CLI arguments that meet it."""
+    import pickle
+
+    from PIL import Image
+
+    common = ["--cache-dir", str(tmp_path / "c"), "--max-lr", "1e-3", *TINY]
+    if case == "resume-without-checkpoint":
+        (tmp_path / "empty-run").mkdir()
+        return ["train", "--resume", str(tmp_path / "empty-run")]
+    if case in ("resume-corrupt", "resume-truncated"):
+        ckpt = tmp_path / "bad-run" / "checkpoints" / "last.pt"
+        ckpt.parent.mkdir(parents=True)
+        buf = io.BytesIO()
+        torch.save({"format": "cifar-resnet/1", "model": {"w": torch.zeros(1000)}}, buf)
+        raw = buf.getvalue()
+        ckpt.write_bytes(raw[: len(raw) // 3] if case == "resume-truncated" else raw[::-1])
+        return ["train", "--resume", str(tmp_path / "bad-run")]
+    if case == "unwritable-out":
+        (tmp_path / "blocker").write_text("a file")
+        return [
+            "train",
+            "--data-dir",
+            str(pickle_dir),
+            "--out",
+            str(tmp_path / "blocker" / "run"),
+            *common,
+        ]
+    if case == "wrong-image-size":
+        for split in ("train", "test"):
+            folder = tmp_path / "tree" / split / "cat"
+            folder.mkdir(parents=True)
+            Image.new("RGB", (32, 32)).save(folder / "0.png")
+        Image.new("RGB", (48, 40)).save(tmp_path / "tree" / "train" / "cat" / "1.png")
+        return [
+            "train",
+            "--data-dir",
+            str(tmp_path / "tree"),
+            "--out",
+            str(tmp_path / "run"),
+            *common,
+        ]
+    if case == "label-out-of-range":
+        batch = pickle_dir / "data_batch_2"
+        content = pickle.loads(batch.read_bytes())
+        content["labels"][0] = 10
+        batch.write_bytes(pickle.dumps(content))
+        return ["train", "--data-dir", str(pickle_dir), "--out", str(tmp_path / "run"), *common]
+    if case == "negative-seed":
+        return [
+            "train",
+            "--data-dir",
+            str(pickle_dir),
+            "--seed",
+            "-3",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("resume-without-checkpoint", "no checkpoint"),
+        ("resume-corrupt", "last.pt"),
+        ("resume-truncated", "last.pt"),
+        ("unwritable-out", "blocker"),
+        ("wrong-image-size", "1.png"),
+        ("label-out-of-range", "data_batch_2"),
+        ("negative-seed", "--seed"),
+    ],
+)
+def test_robustness_inputs_are_one_line_errors_and_keep_earlier_files(
+    case, needle, tmp_path, pickle_dir, capsys
+):
+    earlier = tmp_path / "earlier-run"
+    earlier.mkdir()
+    (earlier / "final.json").write_text('{"test_acc": 0.9}')
+    before = _snapshot(tmp_path)
+    argv = _robustness_case(case, tmp_path, pickle_dir)
+    prepared = _snapshot(tmp_path)
+    code, _, err = _run(argv, capsys)
+    _assert_one_line_error(code, err, needle)
+    assert _snapshot(earlier) == {"final.json": b'{"test_acc": 0.9}'}
+    after = _snapshot(tmp_path)
+    for name, content in prepared.items():  # nothing that existed was changed
+        if name in before or not name.startswith("c/"):
+            assert after.get(name) == content, name
