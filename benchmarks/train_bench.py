@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from cifar_resnet.cli import _add_config_flags, _config
+from cifar_resnet.cli import add_config_flags, config_from_args
 from cifar_resnet.run_folder import RunFolder
 from cifar_resnet.train import fit
 
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="what this run shows, e.g. spec-w1")
     parser.add_argument("--from-run", help="record this finished run folder instead of training")
     parser.add_argument("--out", help="run folder for the training (default: a temporary one)")
-    _add_config_flags(parser)
+    add_config_flags(parser)
     args = parser.parse_args()
     if args.from_run:
         run = Path(args.from_run)
@@ -105,7 +105,7 @@ def main() -> None:
         command = _equivalent_command(config)
         path = _record(args.name, final, epochs, config, lr_finder, command)
     else:
-        config = _config(args)
+        config = config_from_args(args)
         out = Path(args.out or f"runs/bench-{_slug(args.name)}-{time.strftime('%H%M%S')}")
         history = fit(config, run=RunFolder(out))
         path = _record(

@@ -29,9 +29,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_config_flags(
+def add_config_flags(
     parser: argparse.ArgumentParser, aliases: dict[str, str] | None = None
 ) -> None:
+    """Add one flag per ``TrainConfig`` field (``--max-lr`` for ``max_lr``) to ``parser``."""
     aliases = aliases or {}
     types = field_types()
     for f in dataclasses.fields(TrainConfig):
@@ -56,7 +57,8 @@ def _add_config_flags(
         parser.add_argument(*flags, **kwargs)
 
 
-def _config(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The ``TrainConfig`` of parsed flags; flags not given keep their defaults."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
 
@@ -80,7 +82,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out, config, state = _resume_target(args)
         run = RunFolder(out, resume=True) if main_rank else None
     else:
-        config, state = _config(args), None
+        config, state = config_from_args(args), None
         out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
         run = RunFolder(out, force=args.force) if main_rank else None
     try:
@@ -151,7 +153,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     from .run_folder import RunFolder
     from .train import lr_range_test
 
-    config = _config(args)
+    config = config_from_args(args)
     run = RunFolder(args.out, force=args.force)
     result = lr_range_test(config, progress=not args.quiet)
     run.write_json("lr_finder.json", result.to_dict())
@@ -436,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("train", help="train and evaluate on the test split after every epoch")
-    _add_config_flags(p)
+    add_config_flags(p)
     p.add_argument("--out", help="run folder to write (default runs/<date-time>)")
     p.add_argument("--force", action="store_true", help="overwrite a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
@@ -448,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("lr-find", help="run the LR range test alone and plot it")
-    _add_config_flags(
+    add_config_flags(
         p,
         aliases={
             "finder_start_lr": "--start-lr",
