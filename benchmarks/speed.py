@@ -3,8 +3,9 @@
     python benchmarks/speed.py --data-dir D --width 0.25 --images 10240 --rounds 3
 
 (a) ``cifar-resnet``: ``train_one_epoch`` with the data resident on the device as
-uint8 and batched on-device augmentation (the path ``fit`` uses); on the CPU also
-(a') the same with channels_last, to show whether that layout pays there.
+uint8 and batched on-device augmentation, in the layout ``runtime`` picks (the path
+``fit`` uses); on the CPU also (a') the same in the other memory layout, to show
+what the layout choice is worth there.
 (b) the baseline as the assignment's users wrote it: a Dataset of HWC uint8 arrays
 with per-image torchvision transforms (RandomCrop(32, padding=4),
 RandomHorizontalFlip, ToTensor, Normalize, an 8x8 CutOut), a DataLoader with
@@ -128,13 +129,18 @@ def main() -> None:
     paths: dict[str, dict] = {}
     split = TrainData(images.to(dev), labels.to(dev), mean.to(dev), std.to(dev))
     spe = -(-args.images // args.batch_size)
-    variants = [("cifar-resnet", runtime)]
+    layout = "channels_last" if runtime.channels_last else "NCHW"
+    variants = [(f"cifar-resnet ({layout})", runtime)]
     if dev.type == "cpu":
-        variants.append(("cifar-resnet channels_last", Runtime(dev, None, channels_last=True)))
+        other = Runtime(dev, None, channels_last=not runtime.channels_last)
+        variants.append(
+            (f"cifar-resnet ({'channels_last' if other.channels_last else 'NCHW'})", other)
+        )
     for name, rt in variants:
         model, opt = fresh()
-        if rt.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = model.to(
+            memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format
+        )
         sched = one_cycle_scheduler(
             opt, steps_per_epoch=spe, epochs=config.epochs, peak_epoch=1, min_lr=2e-4, max_lr=2e-3
         )

@@ -40,6 +40,7 @@ def _record(
     config: dict,
     lr_finder: dict | None,
     command: list[str],
+    conditions: str,
 ) -> Path:
     device = final["device"]
     result = {
@@ -49,8 +50,7 @@ def _record(
         "device": device,
         "torch": final.get("torch", torch.__version__),
         "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "conditions": conditions,
         "test_acc": final["test_acc"],
         "test_loss": final["test_loss"],
         "test_acc_per_epoch": [e["test_acc"] for e in epochs],
@@ -93,6 +93,10 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="what this run shows, e.g. spec-w1")
     parser.add_argument("--from-run", help="record this finished run folder instead of training")
     parser.add_argument("--out", help="run folder for the training (default: a temporary one)")
+    parser.add_argument(
+        "--conditions",
+        help="with --from-run: how the run was made (threads, other load), recorded as given",
+    )
     add_config_flags(parser)
     args = parser.parse_args()
     if args.from_run:
@@ -103,7 +107,8 @@ def main() -> None:
         finder = run / "lr_finder.json"
         lr_finder = json.loads(finder.read_text()) if finder.exists() else None
         command = _equivalent_command(config)
-        path = _record(args.name, final, epochs, config, lr_finder, command)
+        conditions = args.conditions or "recorded from a run folder; conditions not stated"
+        path = _record(args.name, final, epochs, config, lr_finder, command, conditions)
     else:
         config = config_from_args(args)
         out = Path(args.out or f"runs/bench-{_slug(args.name)}-{time.strftime('%H%M%S')}")
@@ -115,6 +120,8 @@ def main() -> None:
             history.config.to_dict(),
             None if history.lr_finder is None else history.lr_finder.to_dict(),
             sys.argv,
+            f"trained by this script: {torch.get_num_threads()} CPU threads, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
         )
     result = json.loads(path.read_text())
     print(
