@@ -15,6 +15,20 @@ import torch
 
 from cifar_resnet.data import CLASSES, Cifar10
 
+# Flags of a one-epoch CPU run of the narrow net, for command-line tests.
+TINY_RUN = [
+    "--width",
+    "0.25",
+    "--epochs",
+    "1",
+    "--peak-epoch",
+    "1",
+    "--batch-size",
+    "100",
+    "--device",
+    "cpu",
+]
+
 
 def make_synthetic(n_train: int = 600, n_test: int = 200, seed: int = 0) -> Cifar10:
     """Images whose class sets a colour cast and a stripe direction, under uniform noise."""

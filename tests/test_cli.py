@@ -10,23 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RUN
 
 from cifar_resnet import cli, data
 
-TINY = [
-    "--width",
-    "0.25",
-    "--epochs",
-    "1",
-    "--peak-epoch",
-    "1",
-    "--batch-size",
-    "100",
-    "--device",
-    "cpu",
-    "--quiet",
-    "--no-report",
-]
+TINY = [*TINY_RUN, "--quiet", "--no-report"]
 
 
 def _run(argv, capsys):

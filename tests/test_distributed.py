@@ -5,6 +5,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import TINY_RUN
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.distributed import per_rank_batch, shard
@@ -112,18 +113,9 @@ def test_torchrun_two_processes_write_one_run(pickle_dir, tmp_path):
             str(pickle_dir),
             "--cache-dir",
             str(tmp_path / "cache"),
-            "--width",
-            "0.25",
-            "--epochs",
-            "1",
-            "--peak-epoch",
-            "1",
-            "--batch-size",
-            "100",
+            *TINY_RUN,
             "--max-lr",
             "2e-3",
-            "--device",
-            "cpu",
             "--out",
             str(out),
             "--quiet",

@@ -19,42 +19,30 @@ def _quadratic_problem(seed=0, n=256, d=8):
     return x, y, 2 / hessian_max
 
 
-@pytest.mark.parametrize("rule", ["valley", "steepest"])
-def test_chosen_lr_is_below_the_analytic_divergence_point_and_within_10x(rule):
-    x, y, lr_div = _quadratic_problem()
-    assert lr_div == pytest.approx(1.0, rel=1e-5)
+def _sweep(**kwargs):
+    """The range test on the quadratic problem, full batch, plain SGD."""
+    x, y, _ = _quadratic_problem()
     torch.manual_seed(0)
     model = nn.Linear(x.shape[1], 1, bias=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    result = find_lr(
-        model,
-        opt,
-        nn.MSELoss(),
-        lambda: iter([(x, y)]),
-        start_lr=1e-4,
-        end_lr=100,
-        num_iter=100,
-        rule=rule,
-        progress=False,
-    )
+    return find_lr(model, opt, nn.MSELoss(), lambda: iter([(x, y)]), progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("rule", ["valley", "steepest"])
+def test_chosen_lr_is_below_the_analytic_divergence_point_and_within_10x(rule):
+    _, _, lr_div = _quadratic_problem()
+    assert lr_div == pytest.approx(1.0, rel=1e-5)
+    result = _sweep(start_lr=1e-4, end_lr=100, num_iter=100, rule=rule)
     assert result.diverged
     assert lr_div / 10 <= result.max_lr < lr_div
     assert result.min_lr == pytest.approx(result.max_lr / 10)
 
 
 def test_early_stop_when_the_loss_diverges():
-    x, y, _ = _quadratic_problem()
-    model = nn.Linear(x.shape[1], 1, bias=False)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    result = find_lr(
-        model,
-        opt,
-        nn.MSELoss(),
-        lambda: iter([(x, y)]),
+    result = _sweep(
         start_lr=1e-3,
         end_lr=1e4,
         num_iter=200,
-        progress=False,
     )
     assert result.diverged
     assert len(result.lrs) < 200
@@ -63,18 +51,10 @@ def test_early_stop_when_the_loss_diverges():
 
 
 def test_lrs_grow_exponentially_and_losses_are_recorded_raw(synthetic):
-    x, y, _ = _quadratic_problem()
-    model = nn.Linear(x.shape[1], 1, bias=False)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    result = find_lr(
-        model,
-        opt,
-        nn.MSELoss(),
-        lambda: iter([(x, y)]),
+    result = _sweep(
         start_lr=1e-6,
         end_lr=1e-2,
         num_iter=20,
-        progress=False,
     )
     assert not result.diverged
     np.testing.assert_allclose(result.lrs, np.geomspace(1e-6, 1e-2, 20), rtol=1e-9)
@@ -148,18 +128,10 @@ def test_valley_rule_is_the_loss_minimum_over_ten():
 
 
 def test_plot_marks_both_choices_on_a_log_axis():
-    x, y, _ = _quadratic_problem()
-    model = nn.Linear(x.shape[1], 1, bias=False)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    result = find_lr(
-        model,
-        opt,
-        nn.MSELoss(),
-        lambda: iter([(x, y)]),
+    result = _sweep(
         start_lr=1e-4,
         end_lr=100,
         num_iter=60,
-        progress=False,
     )
     fig = plot_lr_finder(result)
     ax = fig.axes[0]

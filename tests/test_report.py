@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_pickles
+from conftest import TINY_RUN, write_pickles
 from PIL import Image
 
 from cifar_resnet import cli
@@ -212,20 +212,11 @@ def cli_run(tmp_path_factory, synthetic) -> Path:
         str(data_dir),
         "--cache-dir",
         str(root / "cache"),
-        "--width",
-        "0.25",
-        "--epochs",
-        "1",
-        "--peak-epoch",
-        "1",
-        "--batch-size",
-        "100",
+        *TINY_RUN,
         "--max-lr",
         "2e-3",
         "--limit-test",
         "150",
-        "--device",
-        "cpu",
         "--quiet",
         "--out",
         str(root / "run"),

@@ -96,11 +96,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert fb["resumed"] is True
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_checkpoints_mid_epoch_and_resume_ends_bit_exact(
-    sig, code, data_dir, reference, tmp_path
-):
-    out = tmp_path / "run"
+def _start_and_wait_for_first_epoch(data_dir: Path, out: Path) -> subprocess.Popen:
     proc = _train(
         "--data-dir",
         str(data_dir),
@@ -111,43 +107,41 @@ def test_a_signal_checkpoints_mid_epoch_and_resume_ends_bit_exact(
         *ARGS,
     )
     _wait_for_epochs(out, 1, proc)
+    return proc
+
+
+def _resume_and_compare(out: Path, reference: Path) -> None:
+    """The checkpoint left behind is whole; resuming from it ends exactly like the reference."""
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["epoch"] >= 1
+    resumed = _train("--resume", str(out), "--quiet", "--no-report")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    _assert_same_run(reference, out)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_checkpoints_mid_epoch_and_resume_ends_bit_exact(
+    sig, code, data_dir, reference, tmp_path
+):
+    out = tmp_path / "run"
+    proc = _start_and_wait_for_first_epoch(data_dir, out)
     time.sleep(0.4)  # inside epoch 2
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert "--resume" in err and "Traceback" not in err
-    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
-    assert state["epoch"] >= 1
-
-    resumed = _train("--resume", str(out), "--quiet", "--no-report")
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    _assert_same_run(reference, out)
+    _resume_and_compare(out, reference)
 
 
 def test_sigkill_loses_at_most_the_current_epoch_and_resume_ends_bit_exact(
     data_dir, reference, tmp_path
 ):
     out = tmp_path / "run"
-    proc = _train(
-        "--data-dir",
-        str(data_dir),
-        "--cache-dir",
-        str(data_dir / "cache"),
-        "--out",
-        str(out),
-        *ARGS,
-    )
-    _wait_for_epochs(out, 1, proc)
+    proc = _start_and_wait_for_first_epoch(data_dir, out)
     proc.kill()
     proc.communicate(timeout=60)
-    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)  # never truncated
-    assert state["epoch"] >= 1
-
-    resumed = _train("--resume", str(out), "--quiet", "--no-report")
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    _assert_same_run(reference, out)
+    _resume_and_compare(out, reference)
 
 
 def test_resume_refuses_changed_settings_and_finished_runs(reference, capsys):
