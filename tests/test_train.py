@@ -255,3 +255,18 @@ def test_cuda_bf16_fast_path_matches_the_fp32_reference_within_bf16_tolerance(sy
     loss_ref = nn.functional.cross_entropy(model(x_ref.contiguous()), y_ref)
     assert torch.equal(y_fast, y_ref)
     assert loss_fast.item() == pytest.approx(loss_ref.item(), rel=2e-2)
+
+
+def test_compile_trains_the_same_run_and_reports_its_time_apart(synthetic):
+    config = TrainConfig(max_lr=2e-3, **QUICK)
+    eager = fit(config, synthetic, progress=False)
+    compiled = fit(config.replace(compile=True), synthetic, progress=False)
+    assert eager.final["compile_seconds"] is None
+    assert compiled.final["compile_seconds"] > 0
+    # Same initial weights, data order and augmentations: only kernel rounding differs,
+    # which training then amplifies a little from step to step.
+    first_eager, first_compiled = eager.epochs[0], compiled.epochs[0]
+    assert first_compiled["train_loss"] == pytest.approx(first_eager["train_loss"], rel=1e-3)
+    for a, b in zip(eager.epochs, compiled.epochs, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=5e-3)
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-2)

@@ -62,6 +62,9 @@ class TrainConfig:
     seed: int = _knob(0, "seed for initialisation, shuffling and augmentation")
     device: str = _knob("auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N")
     sync_bn: bool = _knob(False, "data-parallel runs: BatchNorm statistics over the global batch")
+    compile: bool = _knob(
+        False, "torch.compile the training step; compile time is reported on its own"
+    )
 
     def __post_init__(self) -> None:
         _at_least(self, "epochs", 1)

@@ -35,7 +35,7 @@ from .custom_resnet import CustomResNet, count_parameters
 from .data import Cifar10, channel_stats, load_cifar10
 from .distributed import SINGLE_PROCESS, Dist, from_env, per_rank_batch, shard
 from .errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
-from .lr_finder import LRFinderResult, find_lr
+from .lr_finder import LRFinderResult, find_lr, preserved_state
 from .run_folder import RunFolder
 from .runtime import Runtime, resolve_runtime
 from .schedule import one_cycle_scheduler
@@ -522,6 +522,11 @@ def _fit(
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     else:
         ddp = model
+    compile_seconds = None
+    if config.compile:
+        ddp, compile_seconds = _compiled(
+            ddp, model, optimizer, train, config, runtime, generator, aug_generator, dist
+        )
     scheduler = one_cycle_scheduler(
         optimizer,
         steps_per_epoch=steps_per_epoch(train.images.shape[0], config.batch_size),
@@ -637,6 +642,7 @@ def _fit(
         "test_images": test.images.shape[0],
         "device": runtime.describe(),
         "processes": dist.world,
+        "compile_seconds": compile_seconds,
         "torch": torch.__version__,
         "params": params,
         "seed": config.seed,
@@ -655,6 +661,42 @@ def _fit(
     if run is not None:
         run.write_json("final.json", history.final)
     return history
+
+
+def _compiled(
+    net: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: TrainData,
+    config: TrainConfig,
+    runtime: Runtime,
+    generator: torch.Generator,
+    aug_generator: torch.Generator | None,
+    dist: Dist,
+) -> tuple[nn.Module, float]:
+    """``torch.compile(net)``, compiled before training so its time is measured on its own.
+
+    One forward and backward pass on a full batch and on the epoch's smaller last batch
+    (the two shapes training meets) trigger the compilation; weights, BatchNorm statistics,
+    optimizer and RNG states are then restored, so training starts exactly as without it.
+    """
+    compiled = torch.compile(net)
+    gens = (generator,) if aug_generator is None else (generator, aug_generator)
+    n_rank = config.batch_size // dist.world
+    last = train.images.shape[0] % config.batch_size // dist.world
+    runtime.synchronize()
+    t0 = time.perf_counter()
+    with preserved_state(model, optimizer, gens):
+        x, y = next(
+            train_batches(train, config, runtime, generator, dist=dist, aug_generator=aug_generator)
+        )
+        for size in {min(n_rank, len(y)), last} - {0}:
+            with runtime.autocast():
+                loss = nn.functional.cross_entropy(compiled(x[:size]), y[:size])
+            loss.backward()
+        optimizer.zero_grad(set_to_none=True)
+    runtime.synchronize()
+    return compiled, time.perf_counter() - t0
 
 
 def _check_resumable(state: dict[str, Any], data: Cifar10, train: TrainData) -> None:
