@@ -46,6 +46,18 @@ def _train(*argv: str) -> subprocess.Popen:
     )
 
 
+def _train_new_run(data_dir: Path, out: Path) -> subprocess.Popen:
+    return _train(
+        "--data-dir",
+        str(data_dir),
+        "--cache-dir",
+        str(data_dir / "cache"),
+        "--out",
+        str(out),
+        *ARGS,
+    )
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
@@ -56,15 +68,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(data_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "run"
-    proc = _train(
-        "--data-dir",
-        str(data_dir),
-        "--cache-dir",
-        str(data_dir / "cache"),
-        "--out",
-        str(out),
-        *ARGS,
-    )
+    proc = _train_new_run(data_dir, out)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     return out
@@ -97,15 +101,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 
 def _start_and_wait_for_first_epoch(data_dir: Path, out: Path) -> subprocess.Popen:
-    proc = _train(
-        "--data-dir",
-        str(data_dir),
-        "--cache-dir",
-        str(data_dir / "cache"),
-        "--out",
-        str(out),
-        *ARGS,
-    )
+    proc = _train_new_run(data_dir, out)
     _wait_for_epochs(out, 1, proc)
     return proc
 
