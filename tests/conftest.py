@@ -123,3 +123,15 @@ def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Call the CLI in-process; returns (exit code, stdout, stderr)."""
+    from cifar_resnet import cli
+
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -10,21 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN
+from conftest import TINY_RUN, run_cli
 
-from cifar_resnet import cli, data
+from cifar_resnet import data
 
 TINY = [*TINY_RUN, "--quiet", "--no-report"]
-
-
-def _run(argv, capsys):
-    """Call the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:  # argparse errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _assert_one_line_error(code, err, *needles):
@@ -44,7 +34,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_summary_prints_the_reference_total(capsys):
-    code, out, _ = _run(["summary"], capsys)
+    code, out, _ = run_cli(["summary"], capsys)
     assert code == 0
     assert "Total params: 6,573,130" in out
 
@@ -63,25 +53,25 @@ def test_train_writes_a_run_and_refuses_to_overwrite_it(pickle_dir, tmp_path, ca
         str(out),
         *TINY,
     ]
-    code, stdout, _ = _run(argv, capsys)
+    code, stdout, _ = run_cli(argv, capsys)
     assert code == 0
     assert "test accuracy" in stdout
     final = json.loads((out / "final.json").read_text())
     assert 0 <= final["test_acc"] <= 1 and final["lr_source"] == "given"
     before = _snapshot(out)
 
-    code, _, err = _run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     _assert_one_line_error(code, err, "already holds a run", "--force")
     assert _snapshot(out) == before
 
-    code, _, _ = _run([*argv, "--force", "--seed", "3"], capsys)
+    code, _, _ = run_cli([*argv, "--force", "--seed", "3"], capsys)
     assert code == 0
     assert json.loads((out / "final.json").read_text())["seed"] == 3
 
 
 def test_train_without_lr_runs_the_range_test_and_plots_it(pickle_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, _ = _run(
+    code, stdout, _ = run_cli(
         [
             "train",
             "--data-dir",
@@ -104,7 +94,7 @@ def test_train_without_lr_runs_the_range_test_and_plots_it(pickle_dir, tmp_path,
 
 def test_lr_find_writes_json_and_png(pickle_dir, tmp_path, capsys):
     out = tmp_path / "lr"
-    code, stdout, _ = _run(
+    code, stdout, _ = run_cli(
         [
             "lr-find",
             "--data-dir",
@@ -149,7 +139,9 @@ def test_lr_find_writes_json_and_png(pickle_dir, tmp_path, capsys):
 )
 def test_bad_flags_are_one_line_errors(extra, needles, tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = _run(["train", "--data-dir", str(tmp_path), "--out", str(out), *extra], capsys)
+    code, _, err = run_cli(
+        ["train", "--data-dir", str(tmp_path), "--out", str(out), *extra], capsys
+    )
     _assert_one_line_error(code, err, *needles)
     assert not (out / "config.json").exists()
 
@@ -164,7 +156,7 @@ def test_bad_flags_are_one_line_errors(extra, needles, tmp_path, capsys):
     ],
 )
 def test_lr_find_flags_are_validated(extra, needle, tmp_path, capsys):
-    code, _, err = _run(["lr-find", "--out", str(tmp_path / "o"), *extra], capsys)
+    code, _, err = run_cli(["lr-find", "--out", str(tmp_path / "o"), *extra], capsys)
     _assert_one_line_error(code, err, needle)
 
 
@@ -199,7 +191,7 @@ def test_bad_data_is_a_one_line_error_and_an_earlier_run_is_kept(case, needle, t
     root = _bad_tree(tmp_path, case)
     keep = tmp_path / "keep.txt"
     keep.write_text("earlier")
-    code, _, err = _run(
+    code, _, err = run_cli(
         [
             "train",
             "--data-dir",
@@ -239,12 +231,12 @@ def test_checksum_mismatch_and_offline_download_are_one_line_errors(
         str(tmp_path / "run"),
         *TINY,
     ]
-    code, _, err = _run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     _assert_one_line_error(code, err, wrong)
 
     offline = functools.partial(data.load_cifar10, url="http://127.0.0.1:9/cifar-10-python.tar.gz")
     monkeypatch.setattr("cifar_resnet.train.load_cifar10", offline)
-    code, _, err = _run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     _assert_one_line_error(code, err, "--data-dir")
 
 
@@ -355,7 +347,7 @@ def test_robustness_inputs_are_one_line_errors_and_keep_earlier_files(
     before = _snapshot(tmp_path)
     argv = _robustness_case(case, tmp_path, pickle_dir)
     prepared = _snapshot(tmp_path)
-    code, _, err = _run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     _assert_one_line_error(code, err, needle)
     assert _snapshot(earlier) == {"final.json": b'{"test_acc": 0.9}'}
     after = _snapshot(tmp_path)

@@ -8,9 +8,8 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_synthetic
+from conftest import make_synthetic, run_cli
 
-from cifar_resnet import cli
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.errors import CifarResnetError
 from cifar_resnet.export import NormalizedClassifier, export_model, read_metadata
@@ -33,15 +32,6 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     return load_model(root / "run")
 
 
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _batch_of_7(model: TrainedModel) -> tuple[torch.Tensor, torch.Tensor]:
     """7 test images as float [0, 1] input, and PyTorch's logits for them (uint8 path)."""
     images = make_synthetic().test_images[:7]
@@ -62,7 +52,7 @@ def _check_metadata(meta: dict[str, str], model: TrainedModel) -> None:
 def test_onnx_runs_in_onnxruntime_like_pytorch(model, tmp_path, capsys):
     out = tmp_path / "model.onnx"
     argv = ["export", "--checkpoint", str(model.path), "--format", "onnx", "--out", str(out)]
-    code, stdout, _ = _cli(argv, capsys)
+    code, stdout, _ = run_cli(argv, capsys)
     assert code == 0 and out.is_file()
     assert "wrote" in stdout and "max |logit| difference" in stdout
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -84,7 +74,7 @@ def test_onnx_runs_in_onnxruntime_like_pytorch(model, tmp_path, capsys):
 def test_torchscript_runs_like_pytorch(model, tmp_path, capsys):
     out = tmp_path / "model.pt"
     argv = ["export", "--checkpoint", str(model.path), "--format", "torchscript", "--out", str(out)]
-    code, _, _ = _cli(argv, capsys)
+    code, _, _ = run_cli(argv, capsys)
     assert code == 0
     extra = {"metadata.json": ""}
     with warnings.catch_warnings():
@@ -111,14 +101,14 @@ def test_existing_out_is_refused_unless_forced(model, tmp_path, capsys):
     out = tmp_path / "model.pt"
     out.write_bytes(b"keep me")
     argv = ["export", "--checkpoint", str(model.path), "--format", "torchscript", "--out", str(out)]
-    code, _, err = _cli(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("cifar-resnet: error: ") and "--force" in err
     assert out.read_bytes() == b"keep me"
-    code, _, _ = _cli([*argv, "--force"], capsys)
+    code, _, _ = run_cli([*argv, "--force"], capsys)
     assert code == 0 and out.read_bytes() != b"keep me"
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
-    code, _, err = _cli([*argv[:-1], str(tmp_path)], capsys)
+    code, _, err = run_cli([*argv[:-1], str(tmp_path)], capsys)
     assert code == 2 and "is a folder" in err
 
 

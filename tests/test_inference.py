@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_synthetic, write_pickles
+from conftest import make_synthetic, run_cli, write_pickles
 from PIL import Image
 from torch import nn
 
-from cifar_resnet import cli
 from cifar_resnet.checkpoint import load_checkpoint
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.errors import DataError
@@ -55,15 +54,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def model(run: Path) -> TrainedModel:
     return load_model(run)
-
-
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:  # argparse errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _assert_one_line_error(code: int, err: str, *needles: str) -> None:
@@ -114,7 +104,7 @@ def test_load_model_carries_classes_normalisation_and_config(run, model):
 
 def test_evaluate_cli_reproduces_final_json_exactly(run, capsys):
     final = json.loads((run / "final.json").read_text())
-    code, out, _ = _cli(["evaluate", "--checkpoint", str(run), "--json"], capsys)
+    code, out, _ = run_cli(["evaluate", "--checkpoint", str(run), "--json"], capsys)
     assert code == 0
     report = json.loads(out)
     assert report["n"] == LIMIT_TEST == final["test_images"]
@@ -131,13 +121,13 @@ def test_evaluate_cli_reproduces_final_json_exactly(run, capsys):
 
 
 def test_evaluate_tta_and_table(run, capsys):
-    code, out, _ = _cli(["evaluate", "--checkpoint", str(run), "--tta"], capsys)
+    code, out, _ = run_cli(["evaluate", "--checkpoint", str(run), "--tta"], capsys)
     assert code == 0
     assert "flip TTA" in out and "points)" in out
     assert "automobile" in out and "with TTA" in out and "%" in out
     header = next(line for line in out.splitlines() if line.startswith("class"))
     assert header.split() == ["class", "images", "correct", "accuracy", "with", "TTA"]
-    code, out, _ = _cli(["evaluate", "--checkpoint", str(run), "--tta", "--json"], capsys)
+    code, out, _ = run_cli(["evaluate", "--checkpoint", str(run), "--tta", "--json"], capsys)
     report = json.loads(out)
     assert report["tta_gain"] == pytest.approx(report["tta"]["test_acc"] - report["test_acc"])
     assert sum(map(sum, report["tta"]["confusion"])) == LIMIT_TEST
@@ -147,11 +137,11 @@ def test_evaluate_overrides_limit_and_data_dir(run, tmp_path, capsys):
     data = make_synthetic()
     other = write_pickles(tmp_path / "copy", data)
     argv = ["evaluate", "--checkpoint", str(run), "--data-dir", str(other), "--json"]
-    code, out, _ = _cli(
+    code, out, _ = run_cli(
         [*argv, "--cache-dir", str(tmp_path / "cache"), "--limit-test", "all"], capsys
     )
     assert code == 0 and json.loads(out)["n"] == 200
-    code, out, _ = _cli([*argv, "--limit-test", "20", "--quiet"], capsys)
+    code, out, _ = run_cli([*argv, "--limit-test", "20", "--quiet"], capsys)
     assert code == 0 and json.loads(out)["n"] == 20
 
 
@@ -241,7 +231,7 @@ def test_predict_on_png_files_agrees_with_evaluate(model, tmp_path, capsys):
     assert evaluate_model(model, images, from_files.labels).acc == 1.0
     assert torch.allclose(from_files.probs.sum(1), torch.ones(12))
 
-    code, out, _ = _cli(
+    code, out, _ = run_cli(
         ["predict", "--checkpoint", str(model.path), "--json", "--top-k", "2", *map(str, paths)],
         capsys,
     )
@@ -255,7 +245,7 @@ def test_predict_on_png_files_agrees_with_evaluate(model, tmp_path, capsys):
 
 def test_predict_table(model, tmp_path, capsys):
     path = _save_png(make_synthetic().test_images[0], tmp_path / "a.png")
-    code, out, _ = _cli(["predict", "--checkpoint", str(model.path), str(path)], capsys)
+    code, out, _ = run_cli(["predict", "--checkpoint", str(model.path), str(path)], capsys)
     assert code == 0
     header, row = out.strip().splitlines()
     assert header.split() == ["image", "1st", "prob", "2nd", "prob", "3rd", "prob"]
@@ -304,14 +294,14 @@ def test_predict_bad_images_are_one_line_errors(model, tmp_path, capsys):
     text = tmp_path / "notes.png"
     text.write_text("not an image at all\n")
     ckpt = str(model.path)
-    code, out, err = _cli(["predict", "--checkpoint", ckpt, str(good), str(text)], capsys)
+    code, out, err = run_cli(["predict", "--checkpoint", ckpt, str(good), str(text)], capsys)
     _assert_one_line_error(code, err, "not an image", str(text))
     assert out == ""  # nothing printed for the good image before the failure
-    code, _, err = _cli(["predict", "--checkpoint", ckpt, str(tmp_path / "gone.jpg")], capsys)
+    code, _, err = run_cli(["predict", "--checkpoint", ckpt, str(tmp_path / "gone.jpg")], capsys)
     _assert_one_line_error(code, err, "does not exist", "gone.jpg")
-    code, _, err = _cli(["predict", "--checkpoint", ckpt, str(tmp_path)], capsys)
+    code, _, err = run_cli(["predict", "--checkpoint", ckpt, str(tmp_path)], capsys)
     _assert_one_line_error(code, err, "is a folder")
-    code, _, err = _cli(["predict", "--checkpoint", ckpt, "--top-k", "0", str(good)], capsys)
+    code, _, err = run_cli(["predict", "--checkpoint", ckpt, "--top-k", "0", str(good)], capsys)
     _assert_one_line_error(code, err, "--top-k")
 
 
@@ -337,19 +327,19 @@ def test_bad_checkpoints_are_one_line_errors(command, model, tmp_path, capsys):
         (text, "not a readable checkpoint"),
     ]
     for path, needle in cases:
-        code, _, err = _cli([command, "--checkpoint", str(path), *extra], capsys)
+        code, _, err = run_cli([command, "--checkpoint", str(path), *extra], capsys)
         _assert_one_line_error(code, err, needle)
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_evaluate_bad_data_and_device_are_one_line_errors(run, tmp_path, capsys):
     argv = ["evaluate", "--checkpoint", str(run)]
-    code, _, err = _cli([*argv, "--data-dir", str(tmp_path / "nowhere")], capsys)
+    code, _, err = run_cli([*argv, "--data-dir", str(tmp_path / "nowhere")], capsys)
     _assert_one_line_error(code, err, "nowhere")
-    code, _, err = _cli([*argv, "--device", "gpu"], capsys)
+    code, _, err = run_cli([*argv, "--device", "gpu"], capsys)
     _assert_one_line_error(code, err, "--device")
-    code, _, err = _cli([*argv, "--limit-test", "-3"], capsys)
+    code, _, err = run_cli([*argv, "--limit-test", "-3"], capsys)
     _assert_one_line_error(code, err, "--limit-test")
     if not torch.cuda.is_available():
-        code, _, err = _cli([*argv, "--device", "cuda"], capsys)
+        code, _, err = run_cli([*argv, "--device", "cuda"], capsys)
         _assert_one_line_error(code, err, "CUDA is not available")
