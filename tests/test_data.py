@@ -39,12 +39,12 @@ def expected() -> Expected:
     n_train = TRAIN_PER_CLASS * len(CLASSES)
     n_test = TEST_PER_CLASS * len(CLASSES)
     pixels = rng.integers(0, 256, size=(n_train + n_test, 3, 32, 32), dtype=np.uint8)
-    # Class-major order, which is also the order in which an image tree is read.
+    # Round-robin over the classes, which is also the order in which an image tree is read.
     return Expected(
         train_images=pixels[:n_train],
-        train_labels=np.repeat(np.arange(len(CLASSES)), TRAIN_PER_CLASS),
+        train_labels=np.tile(np.arange(len(CLASSES)), TRAIN_PER_CLASS),
         test_images=pixels[n_train:],
-        test_labels=np.repeat(np.arange(len(CLASSES)), TEST_PER_CLASS),
+        test_labels=np.tile(np.arange(len(CLASSES)), TEST_PER_CLASS),
     )
 
 
@@ -424,6 +424,9 @@ def test_real_cifar10_archive(tmp_path: Path) -> None:
     assert first.test_images.shape == (10_000, 3, 32, 32)
     assert first.train_labels.bincount().tolist() == [5_000] * 10
     assert first.test_labels.bincount().tolist() == [1_000] * 10
+    # the first N images of a split (what --limit-train takes) hold every class equally
+    assert first.train_labels[:1000].bincount().tolist() == [100] * 10
+    assert first.test_labels[:500].bincount().tolist() == [50] * 10
     mean, std = channel_stats(first.train_images)
     torch.testing.assert_close(mean, torch.tensor([0.4913, 0.4821, 0.4465]), atol=2e-3, rtol=0)
     torch.testing.assert_close(std, torch.tensor([0.2452, 0.2428, 0.2606]), atol=2e-3, rtol=0)

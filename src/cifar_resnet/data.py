@@ -58,7 +58,7 @@ _TEST_BATCH = "test_batch"
 _META = "batches.meta"
 _PICKLE_FILES = (*_TRAIN_BATCHES, _TEST_BATCH, _META)
 _SIDE = 32
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: image trees read round-robin over classes
 _MAX_IMAGE_BYTES = 1 << 20
 _LOCAL_COPY_HINT = (
     "pass --data-dir pointing at a local copy (a cifar-10-batches-py folder, an image-folder "
@@ -469,14 +469,21 @@ def _decode_split(
     count = sum(len(v) for v in files.values())
     images = np.empty((count, _SIDE, _SIDE, 3), dtype=np.uint8)
     labels = np.empty(count, dtype=np.int64)
-    i = 0
-    for label, name in enumerate(classes):
-        for path in files[name]:
-            images[i] = _decode_image(path)
-            labels[i] = label
-            i += 1
-            if i % 256 == 0:
-                bar.update(256)
+    # Round-robin over the classes (the first file of each class, then the second, ...),
+    # so that the first N images of a split, as --limit-train/--limit-test take them,
+    # hold every class about equally rather than only the first class folder.
+    longest = max(len(v) for v in files.values())
+    order = [
+        (label, files[name][k])
+        for k in range(longest)
+        for label, name in enumerate(classes)
+        if k < len(files[name])
+    ]
+    for i, (label, path) in enumerate(order, start=1):
+        images[i - 1] = _decode_image(path)
+        labels[i - 1] = label
+        if i % 256 == 0:
+            bar.update(256)
     bar.update(count % 256)
     return images.transpose(0, 3, 1, 2), labels
 
