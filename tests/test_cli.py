@@ -208,7 +208,7 @@ def test_bad_data_is_a_one_line_error_and_an_earlier_run_is_kept(case, needle, t
     )
     _assert_one_line_error(code, err, needle)
     assert keep.read_text() == "earlier"
-    assert not (tmp_path / "run" / "config.json").exists()
+    assert not (tmp_path / "run").exists()  # no empty run folder left behind
 
 
 def test_checksum_mismatch_and_offline_download_are_one_line_errors(

@@ -95,6 +95,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + e.signum
+    except BaseException:
+        if run is not None:
+            run.remove_if_unused()
+        raise
     if not main_rank:
         return 0
     if history.lr_finder is not None:
@@ -155,7 +159,11 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     run = RunFolder(args.out, force=args.force)
-    result = lr_range_test(config, progress=not args.quiet)
+    try:
+        result = lr_range_test(config, progress=not args.quiet)
+    except BaseException:
+        run.remove_if_unused()
+        raise
     run.write_json("lr_finder.json", result.to_dict())
     _save_figure(run, "lr_finder.png", plot_lr_finder(result))
     stop = "diverged" if result.diverged else "ran all steps"

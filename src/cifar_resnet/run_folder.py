@@ -7,6 +7,7 @@ of a good one. A folder that already holds a run is refused unless ``force``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -61,6 +62,12 @@ class RunFolder:
 
     def __init__(self, path: str | Path, *, force: bool = False, resume: bool = False) -> None:
         self.path = Path(path)
+        checkpoints = self.path / "checkpoints"
+        self._made = [] if checkpoints.exists() else [checkpoints]  # made here, deepest first
+        missing = self.path
+        while not missing.exists() and missing != missing.parent:
+            self._made.append(missing)
+            missing = missing.parent
         if self.path.exists() and not self.path.is_dir():
             raise CheckpointError(f"--out {self.path} is a file, not a folder; choose another path")
         held = [] if resume else [name for name in RUN_FILES if (self.path / name).exists()]
@@ -80,6 +87,16 @@ class RunFolder:
             ) from None
         for name in held:  # forced: start clean, so no stale file mixes with the new run
             (self.path / name).unlink()
+
+    def remove_if_unused(self) -> None:
+        """Remove the folders this object created, where nothing was written into them.
+
+        For a run that failed before its first file (bad data, say): no empty folder is
+        left behind, and a folder that existed before is never touched.
+        """
+        for folder in self._made:
+            with contextlib.suppress(OSError):  # not empty, or already gone
+                folder.rmdir()
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Write ``obj`` as pretty JSON to ``name`` inside the run folder."""
