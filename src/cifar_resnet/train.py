@@ -36,8 +36,9 @@ from .data import Cifar10, channel_stats, load_cifar10
 from .distributed import SINGLE_PROCESS, Dist, from_env, per_rank_batch, shard
 from .errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
 from .lr_finder import LRFinderResult, find_lr, preserved_state
+from .profiling import PhaseTimer, no_lap
 from .run_folder import RunFolder
-from .runtime import Runtime, resolve_runtime
+from .runtime import Runtime, keep_freed_memory, resolve_runtime
 from .schedule import one_cycle_scheduler
 
 # How often (in steps) a CUDA run reads back its loss to look for NaN/inf and, when
@@ -172,11 +173,13 @@ def train_one_epoch(
     aug_generator: torch.Generator | None = None,
     desc: str = "train",
     progress: bool = True,
+    timer: PhaseTimer | None = None,
 ) -> dict[str, Any]:
     """One pass over the training split; returns loss, accuracy, seconds and the LR of each step.
 
     Returns early, with ``"stopped": EpochState``, after the first step at which
     ``stop()`` is true. Raises ``TrainingDiverged`` on a NaN or infinite loss.
+    ``timer`` collects the time of each phase of the step (see ``profiling``).
     """
     model.train()
     n = split.images.shape[0]
@@ -210,15 +213,22 @@ def train_one_epoch(
         aug_generator=aug_generator,
     )
     stopped = False
+    lap = no_lap if timer is None else timer.lap
+    if timer is not None:
+        timer.mark()
     for step, (x, y) in enumerate(batches, start=state.step):
+        lap("augmentation")  # the batch generator's work: gather, normalise, augment
         state.lrs.append(optimizer.param_groups[0]["lr"])
         with runtime.autocast():
             logits = model(x)  # (B, 10)
             loss = criterion(logits, y)
+        lap("forward")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        lap("backward")
         optimizer.step()
         scheduler.step()
+        lap("optimizer")
         loss = loss.detach().float()
         pending.append(loss)
         step_sums.append(loss.double() * y.shape[0])
@@ -231,6 +241,7 @@ def train_one_epoch(
             if stop is not None and dist.any(stop(), dev):
                 stopped = True
                 break
+        lap("bookkeeping")
     bar.close()
     runtime.synchronize()
     state.seconds += time.perf_counter() - t0
@@ -373,11 +384,13 @@ def find_training_lr(
     )
 
 
-def _setup(
+def setup_training(
     config: TrainConfig, data: Cifar10 | None, progress: bool, dist: Dist = SINGLE_PROCESS
 ) -> tuple[Runtime, Cifar10, TrainData, TrainData, nn.Module, torch.optim.Adam, torch.Generator]:
     """Everything a run needs before its first step, in a fixed order (so seeds mean the same)."""
     runtime = resolve_runtime(config.device, local_rank=dist.local_rank if dist.enabled else None)
+    if runtime.device.type == "cpu":
+        keep_freed_memory()
     if data is None:
         data = load_cifar10(config.data_dir, config.cache_dir, progress=progress and dist.is_main)
     train, test = prepare_splits(data, config, runtime)
@@ -394,7 +407,7 @@ def lr_range_test(
     config: TrainConfig, data: Cifar10 | None = None, *, progress: bool = True
 ) -> LRFinderResult:
     """The LR range test that ``fit`` would run for ``config``, on its own."""
-    runtime, data, train, _, model, optimizer, generator = _setup(config, data, progress)
+    runtime, data, train, _, model, optimizer, generator = setup_training(config, data, progress)
     return find_training_lr(model, optimizer, train, config, runtime, generator, progress)
 
 
@@ -485,7 +498,9 @@ def _fit(
     per_rank_batch(config.batch_size, dist.world)
     if not dist.is_main:
         run, progress = None, False
-    runtime, data, train, test, model, optimizer, generator = _setup(config, data, progress, dist)
+    runtime, data, train, test, model, optimizer, generator = setup_training(
+        config, data, progress, dist
+    )
     if resume is not None:
         _check_resumable(resume, data, train)
     # Ranks share the data order (``generator``) but draw their own augmentations.
