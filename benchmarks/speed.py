@@ -4,8 +4,9 @@
 
 (a) ``cifar-resnet``: ``train_one_epoch`` with the data resident on the device as
 uint8 and batched on-device augmentation, in the layout ``runtime`` picks (the path
-``fit`` uses); on the CPU also (a') the same in the other memory layout, to show
-what the layout choice is worth there.
+``fit`` uses); on the CPU also (a') the same in the other memory layout and (a'')
+with glibc's default malloc instead of ``keep_freed_memory``, to show what each
+choice is worth there. The baseline runs with the default malloc.
 (b) the baseline as the assignment's users wrote it: a Dataset of HWC uint8 arrays
 with per-image torchvision transforms (RandomCrop(32, padding=4),
 RandomHorizontalFlip, ToTensor, Normalize, an 8x8 CutOut), a DataLoader with
@@ -36,11 +37,12 @@ from torchvision import transforms as T
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.data import channel_stats, load_cifar10
-from cifar_resnet.runtime import Runtime, resolve_runtime
+from cifar_resnet.runtime import Runtime, keep_freed_memory, resolve_runtime
 from cifar_resnet.schedule import one_cycle_scheduler
 from cifar_resnet.train import TrainData, build_model, build_optimizer, train_one_epoch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+BASELINE = "baseline (DataLoader, per-image transforms, fp32)"
 
 
 class _Cutout:
@@ -92,7 +94,7 @@ def _baseline_epoch(model, optimizer, scheduler, loader, device) -> tuple[float,
     return time.perf_counter() - t0, running
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--cache-dir")
@@ -102,7 +104,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers")
     parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
+    parser.add_argument("--results-dir", default=str(RESULTS))
+    args = parser.parse_args(argv)
 
     data = load_cifar10(args.data_dir, args.cache_dir, progress=False)
     runtime = resolve_runtime(args.device)
@@ -130,13 +133,16 @@ def main() -> None:
     split = TrainData(images.to(dev), labels.to(dev), mean.to(dev), std.to(dev))
     spe = -(-args.images // args.batch_size)
     layout = "channels_last" if runtime.channels_last else "NCHW"
-    variants = [(f"cifar-resnet ({layout})", runtime)]
-    if dev.type == "cpu":
+    on_cpu = dev.type == "cpu"
+    variants = [(f"cifar-resnet ({layout})", runtime, on_cpu)]
+    if on_cpu:
         other = Runtime(dev, None, channels_last=not runtime.channels_last)
-        variants.append(
-            (f"cifar-resnet ({'channels_last' if other.channels_last else 'NCHW'})", other)
-        )
-    for name, rt in variants:
+        other_layout = "channels_last" if other.channels_last else "NCHW"
+        variants += [
+            (f"cifar-resnet ({other_layout})", other, True),
+            (f"cifar-resnet ({layout}, default malloc)", runtime, False),
+        ]
+    for name, rt, keep_memory in variants:
         model, opt = fresh()
         model = model.to(
             memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format
@@ -145,7 +151,7 @@ def main() -> None:
             opt, steps_per_epoch=spe, epochs=config.epochs, peak_epoch=1, min_lr=2e-4, max_lr=2e-3
         )
         gen = torch.Generator(device=dev).manual_seed(0)
-        paths[name] = {"state": (model, opt, sched, rt, gen), "seconds": []}
+        paths[name] = {"state": (model, opt, sched, rt, gen), "keep": keep_memory, "seconds": []}
 
     tf = T.Compose(
         [
@@ -177,11 +183,13 @@ def main() -> None:
         final_div_factor=1,
         cycle_momentum=False,
     )
-    paths["baseline (DataLoader, per-image transforms, fp32)"] = {"seconds": []}
+    paths[BASELINE] = {"keep": False, "seconds": []}
 
     # one untimed warm-up epoch each, then alternate timed epochs
     for rnd in range(args.rounds + 1):
         for name, entry in paths.items():
+            if on_cpu:
+                keep_freed_memory(entry["keep"])
             if "state" in entry:
                 model, opt, sched, rt, gen = entry["state"]
                 seconds = train_one_epoch(
@@ -201,7 +209,7 @@ def main() -> None:
             "median_seconds": statistics.median(entry["seconds"]),
             "images_per_second": args.images * len(entry["seconds"]) / total,
         }
-    base = rows["baseline (DataLoader, per-image transforms, fp32)"]["images_per_second"]
+    base = rows[BASELINE]["images_per_second"]
     for row in rows.values():
         row["ratio_vs_baseline"] = row["images_per_second"] / base
     device = runtime.describe()
@@ -219,14 +227,16 @@ def main() -> None:
         "baseline_workers": args.workers,
         "paths": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    out = RESULTS / f"{result['date']}-{slug}-speed-w{args.width:g}.json"
+    out = results / f"{result['date']}-{slug}-speed-w{args.width:g}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{'path':52} {'images/s':>9} {'vs baseline':>12}")
     for name, row in rows.items():
         print(f"{name:52} {row['images_per_second']:9.1f} {row['ratio_vs_baseline']:11.2f}x")
     print(f"recorded in {out}")
+    return result
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Train on the real CIFAR-10 with ``fit`` and record the figures under benchmarks/results/.
 
     python benchmarks/train_bench.py --data-dir D --name spec [config flags ...]
+    python benchmarks/train_bench.py --data-dir D --name spec --seeds 0 1 2
     python benchmarks/train_bench.py --from-run RUN --name NAME   # record a finished run
 
 Writes ``benchmarks/results/<date>-<device>-<name>.json`` with the resolved config,
 test accuracy per epoch, training seconds, images/s, torch version and device name.
+With ``--seeds``, one run per seed (the data loaded once) and the mean, sample
+standard deviation, minimum and maximum of test accuracy and training seconds.
 ``--from-run`` records a run folder written by ``cifar-resnet train`` (the same
 ``fit``), for runs too long to repeat inside this script.
 """
@@ -16,13 +19,16 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cifar_resnet.cli import add_config_flags, config_from_args
+from cifar_resnet.data import load_cifar10
 from cifar_resnet.run_folder import RunFolder
 from cifar_resnet.train import fit
 
@@ -33,24 +39,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
-def _record(
-    name: str,
-    final: dict,
-    epochs: list[dict],
-    config: dict,
-    lr_finder: dict | None,
-    command: list[str],
-    conditions: str,
-) -> Path:
-    device = final["device"]
-    result = {
-        "name": name,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": command,
-        "device": device,
-        "torch": final.get("torch", torch.__version__),
-        "python": platform.python_version(),
-        "conditions": conditions,
+def _run_record(
+    final: dict, epochs: list[dict], config: dict, lr_finder: dict | None
+) -> dict[str, Any]:
+    """What one finished run showed."""
+    return {
         "test_acc": final["test_acc"],
         "test_loss": final["test_loss"],
         "test_acc_per_epoch": [e["test_acc"] for e in epochs],
@@ -66,8 +59,45 @@ def _record(
         "epochs": epochs,
         "final": final,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{result['date']}-{_slug(device)}-{_slug(name)}.json"
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def _record(
+    name: str,
+    runs: list[dict],
+    command: list[str],
+    conditions: str,
+    results: Path,
+) -> Path:
+    """Write the results file: one run's record, or the seeds' spread and every run."""
+    device = runs[0]["final"]["device"]
+    result: dict[str, Any] = {
+        "name": name,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": command,
+        "device": device,
+        "torch": runs[0]["final"].get("torch", torch.__version__),
+        "python": platform.python_version(),
+        "conditions": conditions,
+    }
+    if len(runs) == 1:
+        result.update(runs[0])
+    else:
+        result["seeds"] = [r["final"]["seed"] for r in runs]
+        result["test_acc"] = _spread([r["test_acc"] for r in runs])
+        result["train_seconds"] = _spread([r["train_seconds"] for r in runs])
+        result["images_per_second"] = _spread([r["images_per_second"] for r in runs])
+        result["runs"] = runs
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{result['date']}-{_slug(device)}-{_slug(name)}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
@@ -88,17 +118,21 @@ def _equivalent_command(config: dict) -> list[str]:
     return command
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="what this run shows, e.g. spec-w1")
     parser.add_argument("--from-run", help="record this finished run folder instead of training")
-    parser.add_argument("--out", help="run folder for the training (default: a temporary one)")
+    parser.add_argument("--out", help="run folder for the training (default: one under runs/)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="train once per seed (instead of --seed)"
+    )
     parser.add_argument(
         "--conditions",
         help="with --from-run: how the run was made (threads, other load), recorded as given",
     )
+    parser.add_argument("--results-dir", default=str(RESULTS))
     add_config_flags(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.from_run:
         run = Path(args.from_run)
         final = json.loads((run / "final.json").read_text())
@@ -106,29 +140,43 @@ def main() -> None:
         config = json.loads((run / "config.json").read_text())
         finder = run / "lr_finder.json"
         lr_finder = json.loads(finder.read_text()) if finder.exists() else None
+        runs = [_run_record(final, epochs, config, lr_finder)]
         command = _equivalent_command(config)
         conditions = args.conditions or "recorded from a run folder; conditions not stated"
-        path = _record(args.name, final, epochs, config, lr_finder, command, conditions)
     else:
         config = config_from_args(args)
-        out = Path(args.out or f"runs/bench-{_slug(args.name)}-{time.strftime('%H%M%S')}")
-        history = fit(config, run=RunFolder(out))
-        path = _record(
-            args.name,
-            history.final,
-            history.epochs,
-            history.config.to_dict(),
-            None if history.lr_finder is None else history.lr_finder.to_dict(),
-            sys.argv,
+        out = args.out or f"runs/bench-{_slug(args.name)}-{time.strftime('%H%M%S')}"
+        data = load_cifar10(config.data_dir, config.cache_dir)
+        runs = []
+        for seed in args.seeds or [config.seed]:
+            folder = Path(out if not args.seeds else f"{out}-seed{seed}")
+            history = fit(config.replace(seed=seed), data, run=RunFolder(folder))
+            finder = None if history.lr_finder is None else history.lr_finder.to_dict()
+            runs.append(
+                _run_record(history.final, history.epochs, history.config.to_dict(), finder)
+            )
+        command = ["python", "benchmarks/train_bench.py", *(argv if argv else sys.argv[1:])]
+        conditions = (
             f"trained by this script: {torch.get_num_threads()} CPU threads, "
-            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
         )
+    path = _record(args.name, runs, command, conditions, Path(args.results_dir))
     result = json.loads(path.read_text())
-    print(
-        f"{result['name']}: test accuracy {result['test_acc']:.2%}, "
-        f"{result['train_seconds']:.1f} s training, {result['images_per_second']:.0f} images/s "
-        f"on {result['device']} (torch {result['torch']}) -> {path}"
-    )
+    for r in runs:
+        print(
+            f"{args.name} seed {r['final']['seed']}: test accuracy {r['test_acc']:.2%}, "
+            f"{r['train_seconds']:.1f} s training, {r['images_per_second']:.0f} images/s "
+            f"on {result['device']} (torch {result['torch']})"
+        )
+    if len(runs) > 1:
+        acc, sec = result["test_acc"], result["train_seconds"]
+        print(
+            f"{args.name} over {len(runs)} seeds: test accuracy {acc['mean']:.2%} "
+            f"+- {acc['std']:.2%} (min {acc['min']:.2%}), "
+            f"training {sec['mean']:.1f} +- {sec['std']:.1f} s"
+        )
+    print(f"recorded in {path}")
+    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,91 @@
+"""The benchmark scripts run end to end on a small synthetic data set and record what they print."""
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from conftest import TINY_RUN, make_synthetic, write_pickles
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_pickles(tmp_path_factory.mktemp("bench-data"), make_synthetic(400, 200))
+
+
+def _only_file(folder: Path) -> dict:
+    (path,) = folder.glob("*.json")
+    return json.loads(path.read_text())
+
+
+def test_speed_times_every_path_and_records_the_ratios(data_dir, tmp_path):
+    result = _script("speed").main(
+        ["--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--width", "0.25",
+         "--images", "200", "--rounds", "1", "--batch-size", "100", "--workers", "0",
+         "--device", "cpu", "--results-dir", str(tmp_path / "results")]
+    )  # fmt: skip
+    assert _only_file(tmp_path / "results") == result
+    paths = result["paths"]
+    assert set(paths) == {
+        "cifar-resnet (channels_last)",
+        "cifar-resnet (NCHW)",
+        "cifar-resnet (channels_last, default malloc)",
+        "baseline (DataLoader, per-image transforms, fp32)",
+    }
+    base = paths["baseline (DataLoader, per-image transforms, fp32)"]["images_per_second"]
+    for row in paths.values():
+        (seconds,) = row["seconds_per_epoch"]
+        assert row["images_per_second"] == pytest.approx(200 / seconds)
+        assert row["ratio_vs_baseline"] == pytest.approx(row["images_per_second"] / base)
+
+
+def test_profile_splits_an_epoch_into_phases_and_lists_operators(data_dir, tmp_path):
+    result = _script("profile_epoch").main(
+        ["--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--width", "0.25",
+         "--images", "300", "--batch-size", "100", "--device", "cpu",
+         "--results-dir", str(tmp_path / "results")]
+    )  # fmt: skip
+    assert _only_file(tmp_path / "results") == result
+    phases = result["phases"]
+    assert list(phases) == [
+        "augmentation",
+        "forward",
+        "backward",
+        "optimizer",
+        "bookkeeping",
+        "eval",
+    ]
+    assert all(phases[p]["count"] == 3 for p in list(phases)[:5]) and phases["eval"]["count"] == 1
+    shares = [row["share_of_step"] for row in phases.values() if row["share_of_step"] is not None]
+    assert sum(shares) == pytest.approx(1.0)
+    assert result["augmentation_share_of_step"] == phases["augmentation"]["share_of_step"]
+    assert result["test_images"] == 200 and result["steps"] == 3
+    ops = result["top_operators"]
+    assert ops and [r["self_ms"] for r in ops] == sorted((r["self_ms"] for r in ops), reverse=True)
+    assert any("convolution" in r["op"] for r in ops)
+
+
+def test_train_bench_records_each_seed_and_their_spread(data_dir, tmp_path):
+    result = _script("train_bench").main(
+        ["--name", "tiny", "--seeds", "0", "1", "--data-dir", str(data_dir),
+         "--cache-dir", str(tmp_path / "cache"), "--max-lr", "2e-3", *TINY_RUN,
+         "--out", str(tmp_path / "run"), "--results-dir", str(tmp_path / "results")]
+    )  # fmt: skip
+    assert _only_file(tmp_path / "results") == result
+    assert result["seeds"] == [0, 1]
+    accs = [r["test_acc"] for r in result["runs"]]
+    assert result["test_acc"]["mean"] == pytest.approx(statistics.fmean(accs))
+    assert result["test_acc"]["std"] == pytest.approx(statistics.stdev(accs))
+    for seed, run in zip([0, 1], result["runs"], strict=True):
+        final = json.loads((tmp_path / f"run-seed{seed}" / "final.json").read_text())
+        assert run["final"] == final and final["seed"] == seed and final["test_images"] == 200
