@@ -130,3 +130,50 @@ def test_torchrun_two_processes_write_one_run(pickle_dir, tmp_path):
     assert proc.stdout.count("test accuracy") == 1  # rank 0 alone reports
     final = json.loads((out / "final.json").read_text())
     assert final["processes"] == 2 and 0 <= final["test_acc"] <= 1
+
+
+def _resume_worker(rank: int, world: int, port: int, data, out: str, mode: str) -> None:
+    """``full``: two epochs, keeping the epoch-1 checkpoint; ``resume``: epoch 2 from it."""
+    import os
+    import shutil
+
+    from cifar_resnet.checkpoint import load_checkpoint
+    from cifar_resnet.run_folder import RunFolder
+    from cifar_resnet.train import fit
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    config = CONFIG.replace(dropout=0.2)  # dropout draws from each rank's own global RNG
+    if mode == "full":
+        save = RunFolder.save_checkpoint
+
+        def keep_epoch_one(self, state, name="last.pt"):
+            path = save(self, state, name)
+            if state["epoch"] == 1:
+                shutil.copy(path, f"{out}/epoch1.pt")
+            return path
+
+        RunFolder.save_checkpoint = keep_epoch_one
+        run, resume = RunFolder(f"{out}/full") if rank == 0 else None, None
+    else:
+        run = RunFolder(f"{out}/resumed", resume=True) if rank == 0 else None
+        resume = load_checkpoint(f"{out}/epoch1.pt")
+    history = fit(config, data, run=run, progress=False, resume=resume)
+    torch.save(history.model.state_dict(), f"{out}/{mode}{rank}.pt")
+
+
+def test_a_data_parallel_run_resumed_after_an_epoch_ends_as_an_unbroken_one(synthetic, tmp_path):
+    for mode in ("full", "resume"):
+        args = (2, _free_port(), synthetic, str(tmp_path), mode)
+        mp.spawn(_resume_worker, args=args, nprocs=2, join=True)
+    full = torch.load(tmp_path / "full0.pt")
+    for rank in (0, 1):
+        resumed = torch.load(tmp_path / f"resume{rank}.pt")
+        for key, value in full.items():
+            assert torch.equal(value, resumed[key]), (rank, key)

@@ -61,6 +61,14 @@ class Dist:
             for buf in model.buffers():
                 dist.broadcast(buf, src=0)
 
+    def gather_objects(self, obj: object) -> list:
+        """Every rank's ``obj``, in rank order (a collective: all ranks must call it)."""
+        if not self.enabled:
+            return [obj]
+        out: list = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def broadcast_floats(self, values: list[float], device: torch.device) -> list[float]:
         """Rank 0's values on every rank."""
         if not self.enabled:
@@ -78,10 +86,13 @@ def from_env(device_type: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":  # object collectives run on the current device
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def shard(indices: torch.Tensor, rank: int, world: int) -> torch.Tensor:

@@ -555,7 +555,11 @@ def _fit(
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-        _set_rng_state(resume["rng"], generator, aug_generator)
+        ranks = resume.get("rng_ranks") or [resume["rng"]]
+        if len(ranks) == dist.world:  # each rank continues its own random streams
+            _set_rng_state(ranks[dist.rank], generator, aug_generator)
+        else:  # another number of processes: shared streams from rank 0, fresh augmentation
+            _set_rng_state(resume["rng"], generator, aug_generator if dist.is_main else None)
         history.epochs = list(resume["metrics"])
         history.step_lrs = list(resume["step_lrs"])
         first_epoch = resume["epoch"] + 1
@@ -570,7 +574,7 @@ def _fit(
         if resume is not None:
             run.rewrite_metrics(history.epochs)
 
-    def checkpoint(epoch: int, state: EpochState | None) -> dict[str, Any]:
+    def checkpoint(epoch: int, state: EpochState | None, rngs: list[dict]) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
             "model": model.state_dict(),
@@ -586,7 +590,8 @@ def _fit(
             "metrics": history.epochs,
             "step_lrs": history.step_lrs,
             "train_seconds": train_seconds,
-            "rng": _rng_state(generator, aug_generator),
+            "rng": rngs[0],
+            "rng_ranks": rngs if dist.enabled else None,
         }
 
     t_start = time.perf_counter()
@@ -609,8 +614,9 @@ def _fit(
             )
             epoch_state = None
             if "stopped" in tr:
+                rngs = dist.gather_objects(_rng_state(generator, aug_generator))
                 if run is not None:
-                    run.save_checkpoint(checkpoint(epoch - 1, tr["stopped"]))
+                    run.save_checkpoint(checkpoint(epoch - 1, tr["stopped"], rngs))
                 raise TrainingInterrupted(
                     received[0] if received else signal.SIGTERM, epoch, tr["stopped"].step
                 )
@@ -636,8 +642,9 @@ def _fit(
                     f"train loss {tr['loss']:.4f} acc {tr['acc']:.2%}  "
                     f"test loss {ev['loss']:.4f} acc {ev['acc']:.2%}  {tr['seconds']:.1f} s"
                 )
+            rngs = dist.gather_objects(_rng_state(generator, aug_generator))
             if run is not None:  # checkpoint first: resuming rewrites metrics from it
-                run.save_checkpoint(checkpoint(epoch, None))
+                run.save_checkpoint(checkpoint(epoch, None, rngs))
                 run.log_epoch(metrics)
             if received and epoch < config.epochs:
                 raise TrainingInterrupted(received[0], epoch + 1, 0)
