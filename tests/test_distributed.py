@@ -33,10 +33,9 @@ def test_the_global_batch_must_split_evenly():
         per_rank_batch(512, 3)
 
 
-def _worker(rank: int, world: int, port: int, data, out: str) -> None:
+def _as_rank(rank: int, world: int, port: int) -> None:
+    """Set the environment torchrun would give this process, one CPU thread."""
     import os
-
-    from cifar_resnet.train import fit
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -46,6 +45,12 @@ def _worker(rank: int, world: int, port: int, data, out: str) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world: int, port: int, data, out: str) -> None:
+    from cifar_resnet.train import fit
+
+    _as_rank(rank, world, port)
     history = fit(CONFIG, data, progress=False)
     torch.save(
         {"model": history.model.state_dict(), "final": history.final, "epochs": history.epochs},
@@ -134,21 +139,13 @@ def test_torchrun_two_processes_write_one_run(pickle_dir, tmp_path):
 
 def _resume_worker(rank: int, world: int, port: int, data, out: str, mode: str) -> None:
     """``full``: two epochs, keeping the epoch-1 checkpoint; ``resume``: epoch 2 from it."""
-    import os
     import shutil
 
     from cifar_resnet.checkpoint import load_checkpoint
     from cifar_resnet.run_folder import RunFolder
     from cifar_resnet.train import fit
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    _as_rank(rank, world, port)
     config = CONFIG.replace(dropout=0.2)  # dropout draws from each rank's own global RNG
     if mode == "full":
         save = RunFolder.save_checkpoint
