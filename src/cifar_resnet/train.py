@@ -387,7 +387,10 @@ def find_training_lr(
 def setup_training(
     config: TrainConfig, data: Cifar10 | None, progress: bool, dist: Dist = SINGLE_PROCESS
 ) -> tuple[Runtime, Cifar10, TrainData, TrainData, nn.Module, torch.optim.Adam, torch.Generator]:
-    """Everything a run needs before its first step, in a fixed order (so seeds mean the same)."""
+    """Everything a run needs before its first step, in a fixed order (so seeds mean the same).
+
+    On the CPU this also keeps freed memory for reuse, process-wide (``keep_freed_memory``).
+    """
     runtime = resolve_runtime(config.device, local_rank=dist.local_rank if dist.enabled else None)
     if runtime.device.type == "cpu":
         keep_freed_memory()
