@@ -119,6 +119,15 @@ def test_missing_onnx_packages_are_a_one_line_error(model, tmp_path, monkeypatch
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_onnx_on_a_torch_without_its_exporter_is_a_one_line_error(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    with pytest.raises(
+        CifarResnetError, match=r"torch >= 2\.6 \(this is 2\.5\.1\+cpu\).*torchscript"
+    ):
+        export_model(model, tmp_path / "m.onnx", "onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_read_metadata_refuses_other_files(model, tmp_path):
     checkpoint_zip = tmp_path / "state.pt"
     torch.save(model.model.state_dict(), checkpoint_zip)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -186,7 +187,17 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
+# The torch.export-based ONNX exporter, with the arguments used here, arrived in torch 2.6.
+ONNX_MIN_TORCH = (2, 6)
+
+
 def _require_onnx() -> None:
+    release = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+    if release < ONNX_MIN_TORCH:
+        raise CifarResnetError(
+            f"ONNX export needs torch >= {'.'.join(map(str, ONNX_MIN_TORCH))} "
+            f"(this is {torch.__version__}); upgrade torch or use --format torchscript"
+        )
     missing = []
     for name in ("onnx", "onnxscript", "onnxruntime"):
         try:
