@@ -5,8 +5,7 @@ import torch
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.profiling import PhaseTimer
-from cifar_resnet.schedule import one_cycle_scheduler
-from cifar_resnet.train import setup_training, steps_per_epoch, train_one_epoch
+from cifar_resnet.train import build_scheduler, setup_training, train_one_epoch
 
 PHASES = ["augmentation", "forward", "backward", "optimizer", "bookkeeping"]
 
@@ -37,16 +36,9 @@ def test_a_lap_needs_a_mark():
 
 
 def _epoch(synthetic, timer=None):
-    config = TrainConfig(width=0.25, batch_size=100, max_lr=2e-3, device="cpu", seed=3)
+    config = TrainConfig(width=0.25, batch_size=100, max_lr=2e-3, min_lr=2e-4, device="cpu", seed=3)
     runtime, _, train, _, model, optimizer, generator = setup_training(config, synthetic, False)
-    scheduler = one_cycle_scheduler(
-        optimizer,
-        steps_per_epoch=steps_per_epoch(train.images.shape[0], config.batch_size),
-        epochs=config.epochs,
-        peak_epoch=config.peak_epoch,
-        min_lr=2e-4,
-        max_lr=2e-3,
-    )
+    scheduler = build_scheduler(optimizer, config, train.images.shape[0])
     result = train_one_epoch(
         model, optimizer, scheduler, train, config, runtime, generator, progress=False, timer=timer
     )

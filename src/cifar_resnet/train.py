@@ -84,6 +84,20 @@ def build_optimizer(model: nn.Module, config: TrainConfig, runtime: Runtime) -> 
     )
 
 
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, n_train: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The One Cycle schedule of ``config`` (max_lr and min_lr resolved), stepped every batch."""
+    return one_cycle_scheduler(
+        optimizer,
+        steps_per_epoch=steps_per_epoch(n_train, config.batch_size),
+        epochs=config.epochs,
+        peak_epoch=config.peak_epoch,
+        min_lr=config.min_lr,
+        max_lr=config.max_lr,
+    )
+
+
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     """Optimizer steps in one epoch (the last batch may be smaller)."""
     return math.ceil(n_train / batch_size)
@@ -545,14 +559,7 @@ def _fit(
         ddp, compile_seconds = _compiled(
             ddp, model, optimizer, train, config, runtime, generator, aug_generator, dist
         )
-    scheduler = one_cycle_scheduler(
-        optimizer,
-        steps_per_epoch=steps_per_epoch(train.images.shape[0], config.batch_size),
-        epochs=config.epochs,
-        peak_epoch=config.peak_epoch,
-        min_lr=min_lr,
-        max_lr=max_lr,
-    )
+    scheduler = build_scheduler(optimizer, config, train.images.shape[0])
     first_epoch, epoch_state, train_seconds = 1, None, 0.0
     if resume is not None:
         model.load_state_dict(resume["model"])
