@@ -19,21 +19,23 @@ Prints both tables and records them in
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import re
 import time
-from pathlib import Path
 
 import torch
+from results_file import RESULTS, write_result
 from torch.profiler import ProfilerActivity, profile
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.profiling import PhaseTimer
-from cifar_resnet.schedule import one_cycle_scheduler
-from cifar_resnet.train import evaluate, setup_training, steps_per_epoch, train_one_epoch
+from cifar_resnet.train import (
+    build_scheduler,
+    evaluate,
+    setup_training,
+    steps_per_epoch,
+    train_one_epoch,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TRAIN_PHASES = ("augmentation", "forward", "backward", "optimizer", "bookkeeping")
 
 
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=args.batch_size,
         epochs=24,
         max_lr=4e-3,
+        min_lr=4e-4,
         limit_train=args.images,
         limit_test=args.test_images,
         device=args.device,
@@ -94,14 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     on_cuda = runtime.device.type == "cuda"
     spe = steps_per_epoch(train.images.shape[0], config.batch_size)
-    scheduler = one_cycle_scheduler(
-        optimizer,
-        steps_per_epoch=spe,
-        epochs=config.epochs,
-        peak_epoch=config.peak_epoch,
-        min_lr=config.max_lr / config.min_lr_divisor,
-        max_lr=config.max_lr,
-    )
+    scheduler = build_scheduler(optimizer, config, train.images.shape[0])
 
     def epoch(**kw) -> dict:
         return train_one_epoch(
@@ -148,11 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         "test_acc_after_two_epochs": ev["acc"],
         "top_operators": operators,
     }
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", result["device"].lower()).strip("-")
-    out = results / f"{result['date']}-{slug}-profile-w{args.width:g}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result, f"profile-w{args.width:g}", args.results_dir)
 
     print(
         f"\none epoch: {n} images, {spe} steps, {timed['seconds']:.3f} s "

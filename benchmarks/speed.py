@@ -21,16 +21,14 @@ figures (images/s of each and their ratio) are printed and recorded in
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import re
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from results_file import RESULTS, write_result
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
@@ -38,10 +36,14 @@ from torchvision import transforms as T
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.data import channel_stats, load_cifar10
 from cifar_resnet.runtime import Runtime, keep_freed_memory, resolve_runtime
-from cifar_resnet.schedule import one_cycle_scheduler
-from cifar_resnet.train import TrainData, build_model, build_optimizer, train_one_epoch
+from cifar_resnet.train import (
+    TrainData,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    train_one_epoch,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BASELINE = "baseline (DataLoader, per-image transforms, fp32)"
 
 
@@ -147,9 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = model.to(
             memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format
         )
-        sched = one_cycle_scheduler(
-            opt, steps_per_epoch=spe, epochs=config.epochs, peak_epoch=1, min_lr=2e-4, max_lr=2e-3
-        )
+        sched = build_scheduler(opt, config, args.images)
         gen = torch.Generator(device=dev).manual_seed(0)
         paths[name] = {"state": (model, opt, sched, rt, gen), "keep": keep_memory, "seconds": []}
 
@@ -227,11 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
         "baseline_workers": args.workers,
         "paths": rows,
     }
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    out = results / f"{result['date']}-{slug}-speed-w{args.width:g}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result, f"speed-w{args.width:g}", args.results_dir)
     print(f"\n{'path':52} {'images/s':>9} {'vs baseline':>12}")
     for name, row in rows.items():
         print(f"{name:52} {row['images_per_second']:9.1f} {row['ratio_vs_baseline']:11.2f}x")

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -26,17 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from results_file import RESULTS, slug, write_result
 
 from cifar_resnet.cli import add_config_flags, config_from_args
 from cifar_resnet.data import load_cifar10
 from cifar_resnet.run_folder import RunFolder
 from cifar_resnet.train import fit
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
 def _run_record(
@@ -78,12 +72,11 @@ def _record(
     results: Path,
 ) -> Path:
     """Write the results file: one run's record, or the seeds' spread and every run."""
-    device = runs[0]["final"]["device"]
     result: dict[str, Any] = {
         "name": name,
         "date": time.strftime("%Y-%m-%d"),
         "command": command,
-        "device": device,
+        "device": runs[0]["final"]["device"],
         "torch": runs[0]["final"].get("torch", torch.__version__),
         "python": platform.python_version(),
         "conditions": conditions,
@@ -96,10 +89,7 @@ def _record(
         result["train_seconds"] = _spread([r["train_seconds"] for r in runs])
         result["images_per_second"] = _spread([r["images_per_second"] for r in runs])
         result["runs"] = runs
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / f"{result['date']}-{_slug(device)}-{_slug(name)}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+    return write_result(result, slug(name), results)
 
 
 def _equivalent_command(config: dict) -> list[str]:
@@ -145,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         conditions = args.conditions or "recorded from a run folder; conditions not stated"
     else:
         config = config_from_args(args)
-        out = args.out or f"runs/bench-{_slug(args.name)}-{time.strftime('%H%M%S')}"
+        out = args.out or f"runs/bench-{slug(args.name)}-{time.strftime('%H%M%S')}"
         data = load_cifar10(config.data_dir, config.cache_dir)
         runs = []
         for seed in args.seeds or [config.seed]:

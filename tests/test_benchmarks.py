@@ -3,12 +3,14 @@
 import importlib.util
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import TINY_RUN, make_synthetic, write_pickles
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # as when a script runs: its folder is on the path
 
 
 def _script(name: str):
