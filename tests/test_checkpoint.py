@@ -69,3 +69,12 @@ def test_weights_of_another_width_or_norm_are_refused(run):
         with pytest.raises(CheckpointError) as info:
             model_from_checkpoint(wrong)
         assert "do not fit" in _one_line(info)
+
+
+def test_the_run_records_its_resolved_precision_and_older_configs_load_as_fp32(run):
+    from cifar_resnet.checkpoint import config_from_checkpoint
+
+    state = load_checkpoint(run)
+    assert state["config"]["precision"] in ("fp32", "bf16")  # what "auto" chose, not "auto"
+    older = {**state, "config": {k: v for k, v in state["config"].items() if k != "precision"}}
+    assert config_from_checkpoint(older).precision == "fp32"  # they all trained in fp32

@@ -15,6 +15,7 @@ from cifar_resnet.errors import CifarResnetError
 from cifar_resnet.export import NormalizedClassifier, export_model, read_metadata
 from cifar_resnet.inference import TrainedModel, load_model
 from cifar_resnet.run_folder import RunFolder
+from cifar_resnet.runtime import resolve_runtime
 from cifar_resnet.train import fit, predict_logits
 
 ort = pytest.importorskip("onnxruntime")
@@ -33,9 +34,13 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
 
 
 def _batch_of_7(model: TrainedModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """7 test images as float [0, 1] input, and PyTorch's logits for them (uint8 path)."""
+    """7 test images as float [0, 1] input, and PyTorch's fp32 logits for them (uint8 path).
+
+    Exported files compute in fp32, whatever precision the run trained in.
+    """
     images = make_synthetic().test_images[:7]
-    expected = predict_logits(model.model, images, model.mean, model.std, model.runtime)
+    fp32 = resolve_runtime("cpu", "fp32")
+    expected = predict_logits(model.model, images, model.mean, model.std, fp32)
     return images.float() / 255, expected
 
 

@@ -46,6 +46,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         batch_size=100,
         max_lr=1e-2,  # learns about half the synthetic classes in one epoch
         device="cpu",
+        precision="bf16",  # evaluate must reproduce a bf16 run exactly, in bf16
     )
     fit(config, data, run=RunFolder(root / "run"), progress=False)
     return root / "run"
@@ -100,6 +101,7 @@ def test_load_model_carries_classes_normalisation_and_config(run, model):
     assert model.epoch == 1 and not model.model.training
     final = json.loads((run / "final.json").read_text())
     assert model.recorded_test_acc == final["test_acc"]
+    assert final["precision"] == model.config.precision == model.runtime.precision == "bf16"
 
 
 def test_evaluate_cli_reproduces_final_json_exactly(run, capsys):

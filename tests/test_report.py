@@ -158,6 +158,8 @@ def test_summary_config_timings_and_device(page, results, run_dir):
     assert "<th>lr_source</th><td>found</td>" in page
     assert f"<th>finder_num_iter</th><td>{config['finder_num_iter']}</td>" in page
     assert f"<th>device</th><td>{final['device']}</td>" in page
+    assert f"<th>precision</th><td>{final['precision']}</td>" in page
+    assert config["precision"] == final["precision"] in ("fp32", "bf16")  # resolved, not auto
     assert f"{final['train_seconds']:.1f} s" in page
     assert f"{final['test_acc']:.2%}" in page
     assert "<th>train mean</th>" in page and "<th>test std</th>" in page

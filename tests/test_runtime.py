@@ -5,8 +5,9 @@ import textwrap
 import pytest
 import torch
 
+from cifar_resnet import runtime as runtime_module
 from cifar_resnet.errors import ConfigError
-from cifar_resnet.runtime import resolve_runtime
+from cifar_resnet.runtime import cpu_has_bf16, resolve_precision, resolve_runtime
 
 # Allocate and free a 96 MiB buffer (over glibc's 32 MiB mmap ceiling) twelve times and
 # count the page faults taken on the last nine.
@@ -42,11 +43,61 @@ def test_kept_memory_is_reused_without_page_faults():
     assert kept < default / 50
 
 
-def test_cpu_trains_in_fp32_and_channels_last():
-    runtime = resolve_runtime("cpu")
-    assert runtime.autocast_dtype is None and runtime.channels_last
-    x = runtime.layout(torch.zeros(2, 3, 4, 4))
+def test_cpu_trains_channels_last_in_the_precision_asked_for():
+    fp32, bf16 = resolve_runtime("cpu", "fp32"), resolve_runtime("cpu", "bf16")
+    assert fp32.autocast_dtype is None and fp32.precision == "fp32"
+    assert bf16.autocast_dtype is torch.bfloat16 and bf16.precision == "bf16"
+    assert fp32.channels_last and bf16.channels_last
+    x = fp32.layout(torch.zeros(2, 3, 4, 4))
     assert x.is_contiguous(memory_format=torch.channels_last)
+    with bf16.autocast():  # the one context CPU and CUDA share
+        out = torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3))
+    assert out.dtype == torch.bfloat16
+
+
+def _capabilities(monkeypatch, *, onednn: bool, amx: bool, avx512_bf16: bool) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+
+
+@pytest.mark.parametrize(
+    ("onednn", "amx", "avx512_bf16", "expected"),
+    [
+        (True, True, True, "bf16"),
+        (False, True, False, "bf16"),  # AMX alone
+        (False, False, True, "bf16"),  # AVX512-BF16 alone
+        (False, False, False, "fp32"),
+    ],
+)
+def test_auto_precision_follows_torchs_capability_queries(
+    monkeypatch, onednn, amx, avx512_bf16, expected
+):
+    _capabilities(monkeypatch, onednn=onednn, amx=amx, avx512_bf16=avx512_bf16)
+    assert resolve_precision("auto", "cpu") == expected
+    assert resolve_runtime("cpu").precision == expected
+    assert resolve_precision("auto", "cuda") == "bf16"
+    assert resolve_precision("auto", "mps") == "fp32"
+    assert resolve_precision("fp32", "cpu") == "fp32"  # explicit choices are kept
+    assert resolve_precision("bf16", "cpu") == "bf16"
+
+
+def test_a_capability_query_that_fails_counts_as_no(monkeypatch):
+    def broken() -> bool:
+        raise RuntimeError("no such query in this build")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", broken)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert cpu_has_bf16() is False
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert cpu_has_bf16() is True
+
+
+def test_an_unknown_precision_names_the_flag():
+    with pytest.raises(ConfigError, match="--precision must be one of auto, fp32, bf16"):
+        resolve_precision("fp16", "cpu")
+    assert runtime_module.PRECISIONS == ("auto", "fp32", "bf16")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")

@@ -26,6 +26,8 @@ ARGS = [
     "2e-3",
     "--device",
     "cpu",
+    "--precision",
+    "bf16",  # autocast on the CPU: the path a GPU user runs must resume exactly too
     "--seed",
     "5",
     "--dropout",
@@ -98,6 +100,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     fa, fb = (json.loads((p / "final.json").read_text()) for p in (a, b))
     assert fa["test_acc"] == fb["test_acc"] and fa["test_loss"] == fb["test_loss"]
     assert fb["resumed"] is True
+    assert fa["precision"] == fb["precision"] == "bf16"
 
 
 def _start_and_wait_for_first_epoch(data_dir: Path, out: Path) -> subprocess.Popen:

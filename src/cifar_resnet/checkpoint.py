@@ -66,9 +66,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def config_from_checkpoint(state: dict[str, Any]) -> TrainConfig:
-    """The training config saved in a checkpoint."""
+    """The training config saved in a checkpoint.
+
+    Configs saved before ``precision`` existed trained in fp32 on the CPU (the only
+    device they ran on), so they load as ``fp32``: evaluating them in bf16 would not
+    reproduce their recorded accuracy.
+    """
+    values = dict(state["config"])
+    values.setdefault("precision", "fp32")
     try:
-        return TrainConfig.from_dict(state["config"])
+        return TrainConfig.from_dict(values)
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"checkpoint config is invalid: {e}") from None
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from .custom_resnet import NORMS
 from .errors import ConfigError
+from .runtime import PRECISIONS
 
 
 def _knob(default: Any, help: str, **meta: Any) -> Any:
@@ -61,6 +62,11 @@ class TrainConfig:
     eval_batch_size: int = _knob(1024, "images per evaluation batch")
     seed: int = _knob(0, "seed for initialisation, shuffling and augmentation")
     device: str = _knob("auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N")
+    precision: str = _knob(
+        "auto",
+        "bf16 autocast or fp32; auto: bf16 on CUDA and on CPUs with AMX or AVX512-BF16",
+        choices=PRECISIONS,
+    )
     sync_bn: bool = _knob(False, "data-parallel runs: BatchNorm statistics over the global batch")
     compile: bool = _knob(
         False, "torch.compile the training step; compile time is reported on its own"
@@ -109,6 +115,10 @@ class TrainConfig:
             )
         if self.finder_rule not in ("steepest", "valley"):
             raise ConfigError(f"--finder-rule must be steepest or valley, got {self.finder_rule!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         dev = self.device
         if not (
             dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())

@@ -134,7 +134,6 @@ class Evaluation:
 
 def load_model(checkpoint: str | Path | dict[str, Any], device: str = "cpu") -> TrainedModel:
     """The trained model of a checkpoint file, run folder or loaded checkpoint dict."""
-    runtime = resolve_runtime(device)
     path: Path | None = None
     if isinstance(checkpoint, dict):
         state = checkpoint
@@ -143,6 +142,7 @@ def load_model(checkpoint: str | Path | dict[str, Any], device: str = "cpu") -> 
         if path.is_dir():
             path = path / "checkpoints" / "last.pt"
         state = load_checkpoint(checkpoint)
+    runtime = resolve_runtime(device, config_from_checkpoint(state).precision)
     model = model_from_checkpoint(state).to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)

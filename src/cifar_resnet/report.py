@@ -151,10 +151,14 @@ def load_run(
 
     model = model_from_checkpoint(state)
     summary = str(model_summary(model))
-    runtime = resolve_runtime(device)
+    runtime = resolve_runtime(device, config.precision)
     model = model.to(runtime.device).eval()
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     mean, std = state["mean"].float().cpu(), state["std"].float().cpu()
-    logits = predict_logits(model, data.test_images, mean, std, runtime)
+    logits = predict_logits(
+        model, data.test_images, mean, std, runtime, batch_size=config.eval_batch_size
+    )
     return RunResults(
         path=path,
         config=shown_config,
@@ -387,6 +391,7 @@ def _overview(r: RunResults, accuracy: float, n_wrong: int) -> str:
     )
     keys = (
         "device",
+        "precision",
         "torch",
         "params",
         "train_seconds",

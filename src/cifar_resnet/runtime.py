@@ -1,10 +1,17 @@
 """Device, precision and memory layout, decided in one place.
 
-CUDA: bf16 autocast (BatchNorm and the loss stay in fp32, as autocast does) and
-channels_last, which lets cuDNN pick its NHWC tensor-core kernels. CPU: fp32, also
-channels_last: oneDNN's NHWC convolutions trained this network 1.5x faster at
-width 0.25 and 1.2x faster at width 1.0 than NCHW on a 2-core machine
-(benchmarks/speed.py, results in benchmarks/results/).
+Precision (``--precision``): ``bf16`` is autocast to bfloat16, the same context on
+CUDA and on the CPU, so the CPU tests run the code a GPU user runs; BatchNorm, the
+softmax and the loss stay in fp32, as autocast keeps them, and the weights and
+optimizer state stay fp32. ``auto`` picks bf16 on CUDA and on CPUs whose oneDNN
+has bf16 kernels (AMX-BF16 or AVX512-BF16, as torch itself reports it), fp32
+elsewhere; bf16 needs no loss scaling, having fp32's exponent range. On a 2-core
+AVX512-BF16 CPU (AMD EPYC, no AMX) a width-1.0 training step ran 1.9x faster in
+bf16 than in fp32; on a 2-core AMX Xeon about 3x (benchmarks/speed.py).
+
+Layout: channels_last everywhere it is used: cuDNN picks its NHWC tensor-core
+kernels, and oneDNN's NHWC convolutions trained this network 1.5x faster at width
+0.25 and 1.2x faster at width 1.0 than NCHW on a 2-core CPU.
 
 CPU training also calls ``keep_freed_memory``: a training step frees and
 reallocates the same activation buffers every step, and glibc hands back every
@@ -24,6 +31,9 @@ import torch
 
 from .errors import ConfigError
 
+PRECISIONS = ("auto", "fp32", "bf16")
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -32,6 +42,11 @@ class Runtime:
     device: torch.device
     autocast_dtype: torch.dtype | None
     channels_last: bool
+
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``bf16``: the name of the autocast dtype, as configs record it."""
+        return "fp32" if self.autocast_dtype is None else "bf16"
 
     def autocast(self) -> AbstractContextManager:
         """Mixed-precision context for forward pass and loss; a no-op in fp32."""
@@ -57,8 +72,45 @@ class Runtime:
         return self.device.type
 
 
-def resolve_runtime(device: str = "auto", local_rank: int | None = None) -> Runtime:
-    """Runtime for a ``--device`` value; raises ConfigError if that device is absent.
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions and matmuls natively (AMX-BF16 or AVX512-BF16).
+
+    Asks torch's own capability queries (private, so each is guarded): oneDNN's bf16
+    check, then the instruction-set flags. Any failure to ask counts as no.
+    """
+    checks = (
+        lambda: (
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        ),
+        lambda: torch.cpu._is_amx_tile_supported(),
+        lambda: torch.cpu._is_avx512_bf16_supported(),
+    )
+    for check in checks:
+        try:
+            if bool(check()):
+                return True
+        except (AttributeError, RuntimeError):
+            continue
+    return False
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``fp32`` or ``bf16`` for a ``--precision`` value on a device type (``cpu``, ``cuda``...)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device_type == "cuda":
+        return "bf16"
+    if device_type == "cpu" and cpu_has_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def resolve_runtime(
+    device: str = "auto", precision: str = "auto", local_rank: int | None = None
+) -> Runtime:
+    """Runtime for ``--device`` and ``--precision`` values; ConfigError if the device is absent.
 
     ``local_rank`` (data-parallel runs) picks that process's GPU.
     """
@@ -71,9 +123,8 @@ def resolve_runtime(device: str = "auto", local_rank: int | None = None) -> Runt
     if device == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps: MPS is not available here; use --device cpu")
     dev = torch.device(device)
-    if dev.type == "cuda":
-        return Runtime(dev, torch.bfloat16, channels_last=True)
-    return Runtime(dev, None, channels_last=dev.type == "cpu")
+    dtype = _DTYPES[resolve_precision(precision, dev.type)]
+    return Runtime(dev, dtype, channels_last=dev.type in ("cuda", "cpu"))
 
 
 # glibc's mallopt parameters (malloc.h)

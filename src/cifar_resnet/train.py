@@ -405,7 +405,9 @@ def setup_training(
 
     On the CPU this also keeps freed memory for reuse, process-wide (``keep_freed_memory``).
     """
-    runtime = resolve_runtime(config.device, local_rank=dist.local_rank if dist.enabled else None)
+    runtime = resolve_runtime(
+        config.device, config.precision, local_rank=dist.local_rank if dist.enabled else None
+    )
     if runtime.device.type == "cpu":
         keep_freed_memory()
     if data is None:
@@ -518,6 +520,7 @@ def _fit(
     runtime, data, train, test, model, optimizer, generator = setup_training(
         config, data, progress, dist
     )
+    config = config.replace(precision=runtime.precision)  # record what "auto" chose
     if resume is not None:
         _check_resumable(resume, data, train)
     # Ranks share the data order (``generator``) but draw their own augmentations.
@@ -673,6 +676,7 @@ def _fit(
         "train_images": n_train,
         "test_images": test.images.shape[0],
         "device": runtime.describe(),
+        "precision": runtime.precision,
         "processes": dist.world,
         "compile_seconds": compile_seconds,
         "torch": torch.__version__,
