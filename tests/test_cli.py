@@ -122,6 +122,11 @@ def test_lr_find_writes_json_and_png(pickle_dir, tmp_path, capsys):
     assert f"LRMAX {result['max_lr']:.3e}" in stdout
     assert result["lrs"][0] == pytest.approx(1e-5)
     assert (out / "lr_finder.png").stat().st_size > 1000
+    # three seeds by default: their choices and spread, the first being train's own choice
+    spread = result["spread"]
+    assert spread["seeds"] == [0, 1, 2] and spread["max_lrs"][0] == result["max_lr"]
+    assert spread["ratio"] == pytest.approx(max(spread["max_lrs"]) / min(spread["max_lrs"]))
+    assert f"spread {spread['ratio']:.2f}x" in stdout and "seed 2: " in stdout
 
 
 @pytest.mark.parametrize(

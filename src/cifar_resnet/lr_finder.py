@@ -1,54 +1,76 @@
 """LR range test ("FIND"): pick LRMAX and LRMIN for the One Cycle schedule.
 
-The sweep is torch-lr-finder's ``LRFinder.range_test``: the LR grows exponentially
-from ``start_lr`` to ``end_lr`` over ``num_iter`` steps of the real training step
-(same model, Adam, loss, batch size, precision and augmented batches), the loss is
-smoothed exponentially, and the test stops once the smoothed loss exceeds
-``diverge_factor`` times its best value. This module adds what the library does not
-do: it records the raw per-step losses (through a recording loss), restores the
-RNG states it consumed and the model's train/eval flag besides the weights and
-optimizer (so training afterwards starts exactly as without the test), and turns
-the curve into two numbers by a fixed rule.
+The sweep runs the real training step (same model, optimizer, loss, batch size,
+precision and augmented batches) ``num_iter`` times while the LR grows
+exponentially from ``start_lr`` to ``end_lr``, records every raw loss, and stops
+early once the loss has clearly diverged. Weights, BatchNorm statistics, optimizer
+state, RNG states and the train/eval flag are restored afterwards, so training
+starts exactly as it would without the test.
 
-The rule (``valley``, the default): LRMAX is the LR at the minimum of the smoothed
-loss divided by 10, the last LR at which the loss is still falling scaled back
-into the region where training is stable for many epochs; LRMIN is LRMAX divided
-by ``min_lr_divisor`` (10 by default), the start and end of the cycle.
+Smoothing: a Gaussian kernel over log10(LR), ``smooth_decades`` wide (standard
+deviation, 0.2 decade by default), centred on each point. Its width is a distance
+in LR, not a number of steps, so a sweep of 100 or 400 steps is smoothed alike, and
+being centred it does not lag the curve (an exponential moving average, as
+fastai and torch-lr-finder use, shifts the curve right by an amount that depends
+on the step count).
 
-Why this rule, by evidence: on CIFAR-10 (width 0.25, batch 512, Adam, 100 steps
-from 1e-6 to 1) the loss falls at almost every LR during a one-epoch test simply
-because the net is learning, so the alternative ``steepest`` rule (the LR of the
-fastest fall of the smoothed loss) picked 2.7e-4, where the curve's early slope
-is mostly training progress, 65x below the loss minimum. The minimum itself is
-sharp and repeatable; divided by 10 it gave 1.75e-3, close to the 1.9e-3 that
-assignment users reported for this network with Adam. The smoothing factor is
-0.2 rather than the library's 0.05: with 16 steps per decade of LR, 0.05 lags the
-curve by over a decade and moved the minimum from 1.75e-2 to 4.6e-2.
+The rule (``floor``, the default): the valley floor is the stretch of LRs around
+the smoothed minimum where the smoothed loss stays within ``FLOOR_FRACTION`` (10%)
+of its total fall (from the first LR down to the minimum); LRMAX is the floor's
+geometric centre divided by ``FLOOR_DIVISOR``, LRMIN is LRMAX divided by
+``min_lr_divisor``. The floor's two edges are where the loss stops improving by
+learning and where it starts to suffer from the LR; both are fixed by many points
+of the curve, while the minimum itself sits anywhere on a flat floor, moved by
+batch noise. ``valley`` (LR of the smoothed minimum / 10) and ``steepest`` (LR of
+the fastest fall) remain for comparison.
+
+Evidence (CIFAR-10, batch 512, Adam, bf16, 100 steps from 1e-6 to 1, one sweep per
+seed from that seed's initial weights; ``benchmarks/lr_find_spread.py``, results in
+``benchmarks/results/*lr-find-spread*.json``). Spread: the largest LRMAX chosen
+over the seeds divided by the smallest.
+
+=========================================  =====================
+rule, on the same six curves               width 0.25, seeds 0-5
+=========================================  =====================
+floor (this module)                        1.52x, 8.1e-4..1.2e-3
+valley, centred smoothing                  1.52x, 1.0e-3..1.5e-3
+valley, torch-lr-finder's EMA (before)     2.66x, 1.8e-3..4.6e-3
+=========================================  =====================
+
+The ``steepest`` rule picks the early slope, which in a one-epoch test is mostly
+training progress, not the LR's effect (5e-5..1.3e-4 on the same curves, a spread
+of 2.66x).
+
+Why not torch-lr-finder, which the first version used: to run this package's
+training step (on-device batches, autocast, channels_last) it needed three adapter
+classes, a patched progress bar and a redirected stdout, and it records only the
+smoothed loss, with an exponential smoothing that lags by a step-dependent amount.
+The sweep itself is a loop of a dozen lines over our own step; owning it removes the
+patching and lets the smoothing and the stop test be chosen by measurement.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-import io
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch
-import torch_lr_finder.lr_finder
 from torch import nn
-from torch_lr_finder import LRFinder, TrainDataLoaderIter
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
 from .runtime import Runtime
 
-RULES = ("valley", "steepest")
+RULES = ("floor", "valley", "steepest")
+FLOOR_FRACTION = 0.1  # the floor: smoothed loss within this fraction of its fall from the start
+FLOOR_DIVISOR = 10.0  # LRMAX = geometric centre of the floor / this
+VALLEY_DIVISOR = 10.0  # LRMAX = LR of the smoothed minimum / this
+_DIVERGE_WINDOW = 5  # steps averaged for the early-stop test
 
 
 @dataclass(frozen=True)
@@ -57,50 +79,29 @@ class LRFinderResult:
 
     lrs: list[float]  # LR used at each step
     losses: list[float]  # raw training loss at each step
-    smoothed: list[float]  # exponentially smoothed loss
+    smoothed: list[float]  # smoothed loss (see the module docstring)
     max_lr: float  # LRMAX
     min_lr: float  # LRMIN
     rule: str
     min_lr_divisor: float
     diverged: bool  # stopped early because the loss diverged
+    floor: list[float] | None = None  # [low, high] LR edges of the valley floor
+    smooth_decades: float = 0.2
+    # Several seeds' choices, when the test ran once per seed (``lr-find --seeds``)
+    spread: dict[str, Any] | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, as saved in lr_finder.json."""
         return asdict(self)
 
-
-class _RecordingLoss(nn.Module):
-    """Wraps a loss and keeps every value it returns (the library stores only smoothed ones)."""
-
-    def __init__(self, loss: nn.Module) -> None:
-        super().__init__()
-        self.loss = loss
-        self.values: list[torch.Tensor] = []
-
-    def forward(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        value = self.loss(outputs.float(), labels)
-        self.values.append(value.detach())
-        return value
-
-
-class _Batches(TrainDataLoaderIter):
-    """Feeds the library from any re-iterable of ``(inputs, labels)`` (restarts when exhausted)."""
-
-    def __init__(self, batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]) -> None:
-        self.data_loader = _Reiterable(batches)
-        self._iterator = iter(self.data_loader)
-        self.auto_reset = True
-
-    def inputs_labels_from_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch[0], batch[1]
-
-
-class _Reiterable:
-    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
-        self.make = make
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.make()
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LRFinderResult:
+        """Inverse of ``to_dict``; files written before the newer fields load with defaults."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unexpected LR range test fields: {', '.join(unknown)}")
+        return cls(**values)
 
 
 @contextlib.contextmanager
@@ -127,11 +128,40 @@ def preserved_state(
         model.train(training)
 
 
+def smooth_curve(
+    lrs: Sequence[float], losses: Sequence[float], decades: float = 0.2
+) -> list[float]:
+    """Losses smoothed by a centred Gaussian over log10(LR) with standard deviation ``decades``."""
+    x = np.log10(np.asarray(lrs, dtype=np.float64))
+    y = np.asarray(losses, dtype=np.float64)
+    weights = np.exp(-0.5 * ((x[:, None] - x[None, :]) / decades) ** 2)  # (n, n)
+    return (weights @ y / weights.sum(1)).tolist()
+
+
+def valley_floor(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[float, float]:
+    """LR edges of the stretch around the smoothed minimum within FLOOR_FRACTION of the fall."""
+    loss = np.asarray(smoothed, dtype=np.float64)
+    lowest = int(np.argmin(loss))
+    fall = loss[0] - loss[lowest]
+    if not fall > 0:
+        raise ConfigError(
+            "the loss never fell during the LR range test; raise --finder-end-lr or "
+            "--finder-num-iter, or give --max-lr"
+        )
+    ceiling = loss[lowest] + FLOOR_FRACTION * fall
+    low = high = lowest
+    while low > 0 and loss[low - 1] <= ceiling:
+        low -= 1
+    while high < len(loss) - 1 and loss[high + 1] <= ceiling:
+        high += 1
+    return float(lrs[low]), float(lrs[high])
+
+
 def choose_lrs(
     lrs: Sequence[float],
     smoothed: Sequence[float],
     *,
-    rule: str = "valley",
+    rule: str = "floor",
     min_lr_divisor: float = 10.0,
     skip_start: int = 5,
 ) -> tuple[float, float]:
@@ -145,14 +175,38 @@ def choose_lrs(
     loss = np.asarray(smoothed, dtype=np.float64)
     log_lr = np.log10(np.asarray(lrs, dtype=np.float64))
     lowest = int(np.argmin(loss))
-    if rule == "valley":
-        max_lr = lrs[lowest] / 10
+    if rule == "floor":
+        low, high = valley_floor(lrs, smoothed)
+        max_lr = math.sqrt(low * high) / FLOOR_DIVISOR
+    elif rule == "valley":
+        max_lr = lrs[lowest] / VALLEY_DIVISOR
     else:
         start = min(skip_start, max(lowest - 2, 0))
         stop = max(lowest + 1, start + 2)
         slope = np.gradient(loss[start:stop], log_lr[start:stop])  # d loss / d log10(lr)
         max_lr = lrs[start + int(np.argmin(slope))]
     return float(max_lr), float(max_lr / min_lr_divisor)
+
+
+def _endless(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    """Batches from ``make()``, calling it again whenever an iterator runs out."""
+    while True:
+        empty = True
+        for batch in make():
+            empty = False
+            yield batch
+        if empty:
+            raise ConfigError("the LR range test got no batches; check the training data")
+
+
+def _diverged(losses: list[float], factor: float) -> bool:
+    """The last step's loss is not finite, or the recent mean is ``factor`` x its best so far."""
+    if not math.isfinite(losses[-1]):
+        return True
+    if len(losses) < 2 * _DIVERGE_WINDOW:
+        return False
+    means = np.convolve(losses, np.ones(_DIVERGE_WINDOW) / _DIVERGE_WINDOW, mode="valid")
+    return bool(means[-1] > factor * means.min())
 
 
 def find_lr(
@@ -164,9 +218,9 @@ def find_lr(
     start_lr: float = 1e-6,
     end_lr: float = 1.0,
     num_iter: int = 100,
-    smooth: float = 0.2,
+    smooth_decades: float = 0.2,
     diverge_factor: float = 4.0,
-    rule: str = "valley",
+    rule: str = "floor",
     min_lr_divisor: float = 10.0,
     runtime: Runtime | None = None,
     generators: Sequence[torch.Generator] = (),
@@ -181,66 +235,102 @@ def find_lr(
         raise ConfigError(f"LR range test needs 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
     if num_iter < 10:
         raise ConfigError(f"LR range test needs at least 10 steps, got {num_iter}")
+    if rule not in RULES:
+        raise ConfigError(f"--finder-rule must be one of {', '.join(RULES)}, got {rule!r}")
     make = batches if callable(batches) else batches.__iter__
-    recorder = _RecordingLoss(criterion)
-    amp: dict[str, Any] = {}
-    if runtime is not None and runtime.autocast_dtype is not None:
-        amp = {
-            "amp_backend": "torch",
-            "amp_config": {"device_type": runtime.device.type, "dtype": runtime.autocast_dtype},
-            # bf16 needs no loss scaling; the library insists on a scaler object.
-            "grad_scaler": torch.amp.GradScaler(runtime.device.type, enabled=False),
-        }
+    autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
+    schedule = np.geomspace(start_lr, end_lr, num_iter).tolist()
+    lrs: list[float] = []
+    losses: list[float] = []
+    diverged = False
     with preserved_state(model, optimizer, generators):
-        finder = LRFinder(model, optimizer, recorder, **amp)
-        # The library prints notes and always shows a bar; keep both to the caller's choice.
-        quiet_bar = functools.partial(tqdm, disable=not progress, desc="LR range test")
-        with (
-            contextlib.redirect_stdout(io.StringIO()),
-            mock.patch.object(torch_lr_finder.lr_finder, "tqdm", quiet_bar),
-        ):
-            finder.range_test(
-                _Batches(make),
-                start_lr=start_lr,
-                end_lr=end_lr,
-                num_iter=num_iter,
-                step_mode="exp",
-                smooth_f=smooth,
-                diverge_th=diverge_factor,
-            )
-    lrs = [float(v) for v in finder.history["lr"]]
-    smoothed = [float(v) for v in finder.history["loss"]]
-    raw = [float(v) for v in torch.stack(recorder.values[: len(lrs)]).cpu()]
+        model.train()
+        stream = _endless(make)
+        bar = tqdm(
+            total=num_iter, desc="LR range test", unit="step", leave=False, disable=not progress
+        )
+        for lr in schedule:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = next(stream)
+            with autocast():
+                loss = criterion(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lrs.append(lr)
+            losses.append(loss.item())
+            bar.update()
+            if _diverged(losses, diverge_factor):
+                diverged = True
+                break
+        bar.close()
+    if not math.isfinite(losses[-1]):  # keep the JSON finite: the curve ends before it
+        lrs, losses = lrs[:-1], losses[:-1]
+    smoothed = smooth_curve(lrs, losses, smooth_decades) if lrs else []
     max_lr, min_lr = choose_lrs(lrs, smoothed, rule=rule, min_lr_divisor=min_lr_divisor)
+    floor = list(valley_floor(lrs, smoothed)) if rule == "floor" else None
     return LRFinderResult(
         lrs=lrs,
-        losses=raw,
+        losses=losses,
         smoothed=smoothed,
         max_lr=max_lr,
         min_lr=min_lr,
         rule=rule,
         min_lr_divisor=min_lr_divisor,
-        diverged=len(lrs) < num_iter,
+        diverged=diverged,
+        floor=floor,
+        smooth_decades=smooth_decades,
     )
 
 
+def with_spread(result: LRFinderResult, seeds: Sequence[int], others: Sequence[LRFinderResult]):
+    """``result`` (the first seed's test) with every seed's choice and their spread attached."""
+    runs = [result, *others]
+    max_lrs = [r.max_lr for r in runs]
+    spread = {
+        "seeds": list(seeds),
+        "max_lrs": max_lrs,
+        "ratio": max(max_lrs) / min(max_lrs),
+        "curves": [{"lrs": r.lrs, "smoothed": r.smoothed} for r in others],
+    }
+    return LRFinderResult(**{**result.to_dict(), "spread": spread})
+
+
 def plot_lr_finder(result: LRFinderResult) -> Any:
-    """Figure: raw and smoothed loss against LR (log x), LRMAX and LRMIN marked."""
+    """Figure: raw and smoothed loss against LR (log x), LRMAX and LRMIN marked.
+
+    With a spread (several seeds), the other seeds' smoothed curves are drawn thin and
+    their LRMAX choices as short ticks on the top edge.
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(result.lrs, result.losses, color="0.75", lw=1, label="loss")
+    if result.spread is not None:
+        for i, curve in enumerate(result.spread["curves"]):
+            label = "other seeds (smoothed)" if i == 0 else None
+            ax.plot(curve["lrs"], curve["smoothed"], color="C0", lw=1, alpha=0.35, label=label)
     ax.plot(result.lrs, result.smoothed, color="C0", lw=2, label="smoothed loss")
+    if result.floor is not None:
+        ax.axvspan(*result.floor, color="C1", alpha=0.12, label="valley floor")
     ax.axvline(result.max_lr, color="C3", ls="--", label=f"LRMAX {result.max_lr:.2e}")
     ax.axvline(result.min_lr, color="C2", ls=":", label=f"LRMIN {result.min_lr:.2e}")
+    if result.spread is not None:
+        for lr in result.spread["max_lrs"]:
+            ax.axvline(lr, ymin=0.94, ymax=1.0, color="C3", lw=2)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     top = min(max(result.smoothed), 2.5 * min(result.smoothed)) if result.smoothed else 1.0
     if math.isfinite(top) and top > 0:
         ax.set_ylim(top=top * 1.05)
-    ax.set_title(f"LR range test ({result.rule} rule)")
+    title = f"LR range test ({result.rule} rule)"
+    if result.spread is not None:
+        seeds = result.spread["seeds"]
+        title += f"; LRMAX over seeds {seeds[0]}-{seeds[-1]}: spread {result.spread['ratio']:.2f}x"
+    ax.set_title(title)
     ax.legend(loc="best", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     return fig
