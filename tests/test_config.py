@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from cifar_resnet.config import TrainConfig
+from cifar_resnet.config import SPEC_WEIGHT_DECAY, TrainConfig
 from cifar_resnet.errors import ConfigError
 
 
@@ -12,6 +12,24 @@ def test_defaults_are_the_spec_table():
     assert (c.crop_padding, c.flip_prob, c.cutout_size) == (4, 0.5, 8)
     assert (c.width, c.norm, c.dropout) == (1.0, "batch", 0.0)
     assert c.max_lr is None and c.min_lr is None  # found by the range test
+    assert (c.recipe, c.optimizer, c.label_smoothing, c.ema_decay) == ("spec", "adam", 0.0, 0.0)
+    assert (c.head_bias, c.logit_scale, c.tta) == (True, 1.0, False)
+    assert c.weight_decay == SPEC_WEIGHT_DECAY  # the one measured change to the assignment
+
+
+def test_the_page_recipe_is_pages_published_settings():
+    c = TrainConfig(recipe="page")
+    assert (c.optimizer, c.momentum, c.weight_decay) == ("sgd", 0.9, 5e-4)
+    assert (c.max_lr, c.min_lr, c.peak_epoch, c.epochs, c.batch_size) == (0.4, 0.0, 5, 24, 512)
+    assert (c.label_smoothing, c.head_bias, c.logit_scale, c.tta) == (0.2, False, 0.125, True)
+
+
+def test_given_values_override_the_recipe_and_survive_a_round_trip():
+    c = TrainConfig(recipe="page", optimizer="adam", max_lr=3e-3, label_smoothing=0.0, tta=False)
+    assert (c.optimizer, c.max_lr, c.label_smoothing, c.tta) == ("adam", 3e-3, 0.0, False)
+    assert c.logit_scale == 0.125  # what was not given stays Page's
+    assert TrainConfig.from_dict(c.to_dict()) == c
+    assert TrainConfig(recipe="spec", weight_decay=0.0).weight_decay == 0.0
 
 
 def test_is_frozen_and_round_trips_through_a_dict():
@@ -44,6 +62,13 @@ def test_every_field_is_documented():
         ({"width": 0.0}, "--width"),
         ({"norm": "instance"}, "--norm"),
         ({"dropout": 1.0}, "--dropout"),
+        ({"recipe": "fast"}, "--recipe"),
+        ({"optimizer": "rmsprop"}, "--optimizer"),
+        ({"label_smoothing": 1.0}, "--label-smoothing"),
+        ({"ema_decay": 1.0}, "--ema-decay"),
+        ({"logit_scale": 0.0}, "--logit-scale"),
+        ({"momentum": 1.0}, "--momentum"),
+        ({"min_lr": -1e-4}, "--min-lr"),
         ({"cutout_size": 33}, "--cutout-size"),
         ({"limit_train": 0}, "--limit-train"),
         ({"seed": -1}, "--seed"),

@@ -68,3 +68,19 @@ def test_dropout_zero_adds_no_layers_and_positive_dropout_is_active_in_training(
 def test_bad_options_raise_config_error(kwargs):
     with pytest.raises(ConfigError):
         CustomResNet(**kwargs)
+
+
+def test_pages_head_has_no_bias_and_scales_the_logits_by_an_eighth():
+    torch.manual_seed(0)
+    spec = CustomResNet(width=0.25).eval()
+    page = CustomResNet(width=0.25, head_bias=False, logit_scale=0.125).eval()
+    assert count_parameters(CustomResNet(head_bias=False)) == 6_573_130 - 10
+    assert page.head[2].bias is None
+    state = {k: v for k, v in spec.state_dict().items() if k != "head.2.bias"}
+    page.load_state_dict(state)  # the same weight names: only the bias is absent
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = (spec(x) - spec.head[2].bias) * 0.125  # a direct computation
+        torch.testing.assert_close(page(x), expected)
+    with pytest.raises(ConfigError, match="--logit-scale"):
+        CustomResNet(logit_scale=0.0)
