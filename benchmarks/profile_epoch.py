@@ -27,12 +27,15 @@ from results_file import RESULTS, write_result
 from torch.profiler import ProfilerActivity, profile
 
 from cifar_resnet.config import TrainConfig
+from cifar_resnet.evaluation import evaluate
 from cifar_resnet.profiling import PhaseTimer
+from cifar_resnet.splits import steps_per_epoch, train_batches
 from cifar_resnet.train import (
+    Callbacks,
+    EpochState,
+    build_criterion,
     build_scheduler,
-    evaluate,
     setup_training,
-    steps_per_epoch,
     train_one_epoch,
 )
 
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test-images", type=int, help="test images evaluated (default: all)")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--top", type=int, default=20, help="operators listed")
     parser.add_argument("--results-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         limit_train=args.images,
         limit_test=args.test_images,
         device=args.device,
+        precision=args.precision,
     )
     runtime, _, train, test, model, optimizer, generator = setup_training(
         config, None, progress=False
@@ -99,16 +104,21 @@ def main(argv: list[str] | None = None) -> dict:
     spe = steps_per_epoch(train.images.shape[0], config.batch_size)
     scheduler = build_scheduler(optimizer, config, train.images.shape[0])
 
-    def epoch(**kw) -> dict:
+    criterion = build_criterion(config)
+
+    def epoch(timer: PhaseTimer | None = None):
+        state = EpochState(torch.randperm(len(train), generator=generator, device=runtime.device))
+        batches = train_batches(train, config, runtime, generator, order=state.order)
         return train_one_epoch(
-            model, optimizer, scheduler, train, config, runtime, generator, progress=False, **kw
-        )
+            model, criterion, optimizer, scheduler, batches, runtime,
+            state=state, n_images=len(train), config=config, callbacks=Callbacks(timer=timer),
+        )  # fmt: skip
 
     warm = epoch()
-    print(f"warm-up epoch: {warm['seconds']:.2f} s")
+    print(f"warm-up epoch: {warm.seconds:.2f} s")
 
     timer = PhaseTimer(runtime.device)
-    timed = epoch(timer=timer)
+    timed = epoch(timer)
     timer.mark()
     ev = evaluate(model, test, runtime, batch_size=config.eval_batch_size)
     timer.lap("eval")
@@ -135,8 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
         "train_images": n,
         "test_images": test.images.shape[0],
         "steps": spe,
-        "epoch_seconds": timed["seconds"],
-        "images_per_second": n / timed["seconds"],
+        "precision": runtime.precision,
+        "epoch_seconds": timed.seconds,
+        "images_per_second": n / timed.seconds,
         "time_base": "device (CUDA events)" if on_cuda else "host clock",
         "phases": phases,
         "augmentation_share_of_step": phases["augmentation"]["seconds"] / step_seconds,
@@ -147,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = write_result(result, f"profile-w{args.width:g}", args.results_dir)
 
     print(
-        f"\none epoch: {n} images, {spe} steps, {timed['seconds']:.3f} s "
+        f"\none epoch: {n} images, {spe} steps, {timed.seconds:.3f} s "
         f"({result['images_per_second']:.0f} images/s) on {result['device']}"
     )
     print(f"\n{'phase':14} {'seconds':>9} {'host s':>9} {'ms/step':>9} {'share':>7}")

@@ -1,26 +1,42 @@
-"""cifar-resnet's trainer against a plain PyTorch baseline, side by side in one run.
+"""cifar-resnet's trainer against plain PyTorch baselines, side by side in one run.
 
+    python benchmarks/speed.py --data-dir D --width 1.0 --images 3072 --rounds 2
     python benchmarks/speed.py --data-dir D --width 0.25 --images 10240 --rounds 3
 
-(a) ``cifar-resnet``: ``train_one_epoch`` with the data resident on the device as
-uint8 and batched on-device augmentation, in the layout ``runtime`` picks (the path
-``fit`` uses); on the CPU also (a') the same in the other memory layout and (a'')
-with glibc's default malloc instead of ``keep_freed_memory``, to show what each
-choice is worth there. The baseline runs with the default malloc.
-(b) the baseline as the assignment's users wrote it: a Dataset of HWC uint8 arrays
-with per-image torchvision transforms (RandomCrop(32, padding=4),
-RandomHorizontalFlip, ToTensor, Normalize, an 8x8 CutOut), a DataLoader with
-worker processes, fp32, torch's OneCycleLR, and ``loss.item()`` every step.
+Paths, all on the same model, optimizer, batch size and images:
 
-Same model, optimizer, batch size and number of images; the paths alternate one
-epoch at a time for ``--rounds`` rounds, so machine noise hits both alike. The
-figures (images/s of each and their ratio) are printed and recorded in
+(a) ``cifar-resnet (default)``: ``train_one_epoch`` as ``fit`` runs it: the data on
+    the device as uint8, batched on-device augmentation, channels_last, and the
+    precision ``--precision auto`` picks (bf16 autocast on CUDA and on CPUs with
+    AMX or AVX512-BF16);
+(b) ``cifar-resnet (fp32)``: the same in fp32;
+(c) the baseline as the assignment's users wrote it: a Dataset of HWC uint8 arrays
+    with per-image torchvision transforms (RandomCrop(32, padding=4),
+    RandomHorizontalFlip, ToTensor, Normalize, an 8x8 CutOut), a DataLoader with
+    worker processes, NCHW, fp32, torch's OneCycleLR, ``loss.item()`` every step;
+(d) the same baseline with ``torch.autocast(dtype=torch.bfloat16)`` around forward
+    and loss: what a knowledgeable user would try first.
+
+``--extras`` adds, on the CPU, (a) in NCHW and (a) with glibc's default malloc
+instead of ``keep_freed_memory``. The paths alternate one epoch at a time for
+``--rounds`` rounds after an untimed warm-up epoch each, so machine noise hits
+them alike.
+
+Against the hardware: each path's training FLOP per second (3x the forward FLOP
+of the convolutions and the Linear layer, counted from the model: 2.28 GFLOP per
+image at width 1.0) as a fraction of (i) the AMX-BF16 peak, 1,024 bf16 FLOP per
+cycle per core at the clock /proc/cpuinfo reports, when the CPU has AMX, and (ii)
+the bf16 and fp32 rates of a large matrix multiply measured in the same run, which
+is what this machine's kernels reach whatever its instruction set.
+
+Prints the table and records it in
 ``benchmarks/results/<date>-<device>-speed-w<width>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -35,9 +51,11 @@ from torchvision import transforms as T
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.data import channel_stats, load_cifar10
-from cifar_resnet.runtime import Runtime, keep_freed_memory, resolve_runtime
+from cifar_resnet.runtime import Runtime, cpu_has_bf16, keep_freed_memory, resolve_runtime
+from cifar_resnet.splits import Split, train_batches
 from cifar_resnet.train import (
-    TrainData,
+    EpochState,
+    build_criterion,
     build_model,
     build_optimizer,
     build_scheduler,
@@ -45,6 +63,8 @@ from cifar_resnet.train import (
 )
 
 BASELINE = "baseline (DataLoader, per-image transforms, fp32)"
+BASELINE_BF16 = "baseline + bf16 autocast"
+AMX_FLOP_PER_CYCLE = 1024  # bf16, per core (Intel AMX: TMUL 16x32 bf16 x 32x16 per cycle)
 
 
 class _Cutout:
@@ -76,15 +96,17 @@ class _ArrayDataset(Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def _baseline_epoch(model, optimizer, scheduler, loader, device) -> tuple[float, float]:
+def _baseline_epoch(model, optimizer, scheduler, loader, device, bf16: bool) -> float:
     model.train()
     criterion = nn.CrossEntropyLoss()
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     running, correct = 0.0, 0
     t0 = time.perf_counter()
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        out = model(x)
-        loss = criterion(out, y)
+        with amp:
+            out = model(x)
+            loss = criterion(out, y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -93,7 +115,82 @@ def _baseline_epoch(model, optimizer, scheduler, loader, device) -> tuple[float,
         correct += (out.argmax(1) == y).sum().item()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, running
+    return time.perf_counter() - t0
+
+
+def training_flop_per_image(model: nn.Module) -> float:
+    """3x the forward FLOP (2 per multiply-add) of the convolutions and Linear layers."""
+    flop = 0.0
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal flop
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels
+            flop += 2 * k * output[0].numel() / module.groups
+        elif isinstance(module, nn.Linear):
+            flop += 2 * module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device))
+    for h in hooks:
+        h.remove()
+    model.train()
+    return 3 * flop
+
+
+def _matmul_flops(dtype: torch.dtype, device: torch.device, n: int = 4096) -> float:
+    """FLOP per second of an n x n x n matrix multiply in ``dtype`` (best of 3)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(3):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def _cpu_ghz() -> float | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/cpuinfo") as f:
+            mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
+        return max(mhz) / 1000 if mhz else None
+    return None
+
+
+def _hardware(device: torch.device, matmul_size: int) -> dict:
+    """The ceilings each path is measured against (see the module docstring)."""
+    amx = False
+    with contextlib.suppress(AttributeError, RuntimeError):
+        amx = device.type == "cpu" and bool(torch.cpu._is_amx_tile_supported())
+    ghz, cores = _cpu_ghz(), torch.get_num_threads()
+    return {
+        "cpu_ghz": ghz,
+        "threads": cores,
+        "amx_bf16": amx,
+        "avx512_bf16_or_amx": device.type == "cpu" and cpu_has_bf16(),
+        "amx_peak_flops": AMX_FLOP_PER_CYCLE * cores * ghz * 1e9 if amx and ghz else None,
+        "matmul_size": matmul_size,
+        "matmul_bf16_flops": _matmul_flops(torch.bfloat16, device, matmul_size),
+        "matmul_fp32_flops": _matmul_flops(torch.float32, device, matmul_size),
+    }
+
+
+def _ours(net, opt, sched, config, runtime, split, generator) -> float:
+    """One epoch of cifar-resnet's path; returns its seconds."""
+    state = EpochState(torch.randperm(len(split), generator=generator, device=runtime.device))
+    batches = train_batches(split, config, runtime, generator, order=state.order)
+    result = train_one_epoch(
+        net, build_criterion(config), opt, sched, batches, runtime,
+        state=state, n_images=len(split), config=config,
+    )  # fmt: skip
+    return result.seconds
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -106,116 +203,104 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--extras", action="store_true", help="also NCHW and default malloc")
+    parser.add_argument("--matmul-size", type=int, default=4096, help="side of the matmul timed")
     parser.add_argument("--results-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
 
     data = load_cifar10(args.data_dir, args.cache_dir, progress=False)
-    runtime = resolve_runtime(args.device)
-    dev = runtime.device
+    default = resolve_runtime(args.device)
+    dev = default.device
+    on_cpu = dev.type == "cpu"
     images, labels = data.train_images[: args.images], data.train_labels[: args.images]
     mean, std = channel_stats(images)
     config = TrainConfig(
-        width=args.width,
-        batch_size=args.batch_size,
-        epochs=args.rounds + 1,
-        peak_epoch=1,
-        max_lr=2e-3,
-        min_lr=2e-4,
-        device=str(dev),
-    )
+        width=args.width, batch_size=args.batch_size, epochs=args.rounds + 1, peak_epoch=1,
+        max_lr=2e-3, min_lr=2e-4, weight_decay=0.0, device=str(dev),
+    )  # fmt: skip
+    split = Split(images.to(dev), labels.to(dev), mean.to(dev), std.to(dev))
 
-    def fresh() -> tuple[nn.Module, torch.optim.Optimizer]:
+    def fresh(runtime: Runtime):
         torch.manual_seed(0)
         model = build_model(config).to(dev)
-        if runtime.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model, build_optimizer(model, config, runtime)
+        fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
+        model = model.to(memory_format=fmt)
+        opt = build_optimizer(model, config, runtime)
+        return model, opt, build_scheduler(opt, config, args.images)
 
+    fp32 = resolve_runtime(args.device, "fp32")
+    ours = {f"cifar-resnet (default: {default.precision})": (default, True)}
+    ours["cifar-resnet (fp32)"] = (fp32, True)
+    if args.extras and on_cpu:
+        ours[f"cifar-resnet ({default.precision}, NCHW)"] = (
+            Runtime(dev, default.autocast_dtype, channels_last=False), True)  # fmt: skip
+        ours[f"cifar-resnet ({default.precision}, default malloc)"] = (default, False)
     paths: dict[str, dict] = {}
-    split = TrainData(images.to(dev), labels.to(dev), mean.to(dev), std.to(dev))
-    spe = -(-args.images // args.batch_size)
-    layout = "channels_last" if runtime.channels_last else "NCHW"
-    on_cpu = dev.type == "cpu"
-    variants = [(f"cifar-resnet ({layout})", runtime, on_cpu)]
-    if on_cpu:
-        other = Runtime(dev, None, channels_last=not runtime.channels_last)
-        other_layout = "channels_last" if other.channels_last else "NCHW"
-        variants += [
-            (f"cifar-resnet ({other_layout})", other, True),
-            (f"cifar-resnet ({layout}, default malloc)", runtime, False),
-        ]
-    for name, rt, keep_memory in variants:
-        model, opt = fresh()
-        model = model.to(
-            memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format
-        )
-        sched = build_scheduler(opt, config, args.images)
+    for name, (runtime, keep) in ours.items():
         gen = torch.Generator(device=dev).manual_seed(0)
-        paths[name] = {"state": (model, opt, sched, rt, gen), "keep": keep_memory, "seconds": []}
+        paths[name] = {"run": (fresh(runtime), runtime, gen), "keep": keep, "seconds": []}
 
-    tf = T.Compose(
-        [
-            T.RandomCrop(32, padding=4),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(mean.tolist(), std.tolist()),
-            _Cutout(8),
-        ]
-    )
+    tf = T.Compose([
+        T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+        T.Normalize(mean.tolist(), std.tolist()), _Cutout(8),
+    ])  # fmt: skip
     hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
     loader = DataLoader(
-        _ArrayDataset(hwc, labels.numpy(), tf),
-        batch_size=args.batch_size,
-        shuffle=True,
-        num_workers=args.workers,
-        pin_memory=dev.type == "cuda",
-    )
-    base_model, base_opt = fresh()
-    base_model = base_model.to(memory_format=torch.contiguous_format)
-    base_opt = torch.optim.Adam(base_model.parameters(), lr=2e-3)  # plain, not fused
-    base_sched = torch.optim.lr_scheduler.OneCycleLR(
-        base_opt,
-        max_lr=2e-3,
-        total_steps=spe * config.epochs,
-        pct_start=1 / config.epochs,
-        anneal_strategy="linear",
-        div_factor=10,
-        final_div_factor=1,
-        cycle_momentum=False,
-    )
-    paths[BASELINE] = {"keep": False, "seconds": []}
+        _ArrayDataset(hwc, labels.numpy(), tf), batch_size=args.batch_size, shuffle=True,
+        num_workers=args.workers, pin_memory=dev.type == "cuda",
+    )  # fmt: skip
+    steps = -(-args.images // args.batch_size) * config.epochs
+    for name, bf16 in ((BASELINE, False), (BASELINE_BF16, True)):
+        torch.manual_seed(0)
+        model = build_model(config).to(dev)  # NCHW
+        opt = torch.optim.Adam(model.parameters(), lr=2e-3)  # plain, not fused
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=2e-3, total_steps=steps, pct_start=1 / config.epochs,
+            anneal_strategy="linear", div_factor=10, final_div_factor=1, cycle_momentum=False,
+        )  # fmt: skip
+        paths[name] = {"baseline": (model, opt, sched, bf16), "keep": False, "seconds": []}
 
-    # one untimed warm-up epoch each, then alternate timed epochs
-    for rnd in range(args.rounds + 1):
+    for rnd in range(args.rounds + 1):  # one untimed warm-up epoch each, then alternate
         for name, entry in paths.items():
             if on_cpu:
                 keep_freed_memory(entry["keep"])
-            if "state" in entry:
-                model, opt, sched, rt, gen = entry["state"]
-                seconds = train_one_epoch(
-                    model, opt, sched, split, config, rt, gen, progress=False
-                )["seconds"]
+            if "run" in entry:
+                (net, opt, sched), runtime, gen = entry["run"]
+                seconds = _ours(net, opt, sched, config, runtime, split, gen)
             else:
-                seconds, _ = _baseline_epoch(base_model, base_opt, base_sched, loader, dev)
+                model, opt, sched, bf16 = entry["baseline"]
+                seconds = _baseline_epoch(model, opt, sched, loader, dev, bf16)
             if rnd > 0:
                 entry["seconds"].append(seconds)
             print(f"round {rnd} {name}: {seconds:.2f} s" + (" (warm-up)" if rnd == 0 else ""))
+    if on_cpu:
+        keep_freed_memory(True)
 
+    hardware = _hardware(dev, args.matmul_size)
+    flop = training_flop_per_image(build_model(config).to(dev))
     rows = {}
     for name, entry in paths.items():
-        total = sum(entry["seconds"])
+        ips = args.images * len(entry["seconds"]) / sum(entry["seconds"])
+        rate = ips * flop
         rows[name] = {
             "seconds_per_epoch": entry["seconds"],
             "median_seconds": statistics.median(entry["seconds"]),
-            "images_per_second": args.images * len(entry["seconds"]) / total,
+            "images_per_second": ips,
+            "train_flops": rate,
+            "fraction_of_amx_peak": rate / hardware["amx_peak_flops"]
+            if hardware["amx_peak_flops"]
+            else None,
+            "fraction_of_matmul_bf16": rate / hardware["matmul_bf16_flops"],
         }
     base = rows[BASELINE]["images_per_second"]
+    base_bf16 = rows[BASELINE_BF16]["images_per_second"]
     for row in rows.values():
         row["ratio_vs_baseline"] = row["images_per_second"] / base
-    device = runtime.describe()
+        row["ratio_vs_baseline_bf16"] = row["images_per_second"] / base_bf16
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "device": device,
+        "device": default.describe(),
+        "cpu_model": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
@@ -225,14 +310,36 @@ def main(argv: list[str] | None = None) -> dict:
         "images_per_epoch": args.images,
         "timed_epochs": args.rounds,
         "baseline_workers": args.workers,
+        "train_flop_per_image": flop,
+        "hardware": hardware,
         "paths": rows,
     }
     out = write_result(result, f"speed-w{args.width:g}", args.results_dir)
-    print(f"\n{'path':52} {'images/s':>9} {'vs baseline':>12}")
-    for name, row in rows.items():
-        print(f"{name:52} {row['images_per_second']:9.1f} {row['ratio_vs_baseline']:11.2f}x")
+    _print_table(result)
     print(f"recorded in {out}")
     return result
+
+
+def _print_table(result: dict) -> None:
+    hw = result["hardware"]
+    peak = hw["amx_peak_flops"]
+    print(
+        f"\n{result['train_flop_per_image'] / 1e9:.2f} GFLOP per training image; "
+        f"matmul bf16 {hw['matmul_bf16_flops'] / 1e12:.2f} TFLOP/s, "
+        f"fp32 {hw['matmul_fp32_flops'] / 1e12:.2f} TFLOP/s; "
+        + (f"AMX peak {peak / 1e12:.2f} TFLOP/s" if peak else "no AMX on this CPU")
+    )
+    print(
+        f"{'path':44} {'images/s':>9} {'vs fp32 base':>13} {'vs bf16 base':>13} "
+        f"{'of AMX':>7} {'of matmul':>9}"
+    )
+    for name, row in result["paths"].items():
+        amx = row["fraction_of_amx_peak"]
+        print(
+            f"{name:44} {row['images_per_second']:9.1f} {row['ratio_vs_baseline']:12.2f}x "
+            f"{row['ratio_vs_baseline_bf16']:12.2f}x "
+            f"{'-' if amx is None else f'{amx:.1%}':>7} {row['fraction_of_matmul_bf16']:9.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY_RUN, make_synthetic, write_pickles
 
+from cifar_resnet.runtime import resolve_runtime
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # as when a script runs: its folder is on the path
 
@@ -34,21 +36,35 @@ def test_speed_times_every_path_and_records_the_ratios(data_dir, tmp_path):
     result = _script("speed").main(
         ["--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--width", "0.25",
          "--images", "200", "--rounds", "1", "--batch-size", "100", "--workers", "0",
-         "--device", "cpu", "--results-dir", str(tmp_path / "results")]
+         "--device", "cpu", "--extras", "--matmul-size", "256",
+         "--results-dir", str(tmp_path / "results")]
     )  # fmt: skip
     assert _only_file(tmp_path / "results") == result
     paths = result["paths"]
+    precision = resolve_runtime("cpu").precision
     assert set(paths) == {
-        "cifar-resnet (channels_last)",
-        "cifar-resnet (NCHW)",
-        "cifar-resnet (channels_last, default malloc)",
+        f"cifar-resnet (default: {precision})",
+        "cifar-resnet (fp32)",
+        f"cifar-resnet ({precision}, NCHW)",
+        f"cifar-resnet ({precision}, default malloc)",
         "baseline (DataLoader, per-image transforms, fp32)",
+        "baseline + bf16 autocast",
     }
     base = paths["baseline (DataLoader, per-image transforms, fp32)"]["images_per_second"]
+    base_bf16 = paths["baseline + bf16 autocast"]["images_per_second"]
+    flop = result["train_flop_per_image"]
+    assert flop == pytest.approx(3 * 2 * 379.6e6 / 16, rel=0.02)  # width 0.25: 1/16 the MACs
+    hw = result["hardware"]
     for row in paths.values():
         (seconds,) = row["seconds_per_epoch"]
         assert row["images_per_second"] == pytest.approx(200 / seconds)
         assert row["ratio_vs_baseline"] == pytest.approx(row["images_per_second"] / base)
+        assert row["ratio_vs_baseline_bf16"] == pytest.approx(row["images_per_second"] / base_bf16)
+        assert row["train_flops"] == pytest.approx(row["images_per_second"] * flop)
+        assert row["fraction_of_matmul_bf16"] == pytest.approx(
+            row["train_flops"] / hw["matmul_bf16_flops"]
+        )
+        assert (row["fraction_of_amx_peak"] is None) == (hw["amx_peak_flops"] is None)
 
 
 def test_profile_splits_an_epoch_into_phases_and_lists_operators(data_dir, tmp_path):

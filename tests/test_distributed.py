@@ -67,8 +67,10 @@ def _free_port() -> int:
 def test_two_gloo_processes_train_identical_weights_and_report_the_true_accuracy(
     synthetic, tmp_path
 ):
+    from cifar_resnet.evaluation import evaluate
     from cifar_resnet.runtime import resolve_runtime
-    from cifar_resnet.train import build_model, evaluate, prepare_splits
+    from cifar_resnet.splits import prepare_splits
+    from cifar_resnet.train import build_model
 
     mp.spawn(_worker, args=(2, _free_port(), synthetic, str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)

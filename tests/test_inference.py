@@ -14,6 +14,7 @@ from torch import nn
 from cifar_resnet.checkpoint import load_checkpoint
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.errors import DataError
+from cifar_resnet.evaluation import predict_logits
 from cifar_resnet.inference import (
     TrainedModel,
     evaluate_model,
@@ -25,7 +26,7 @@ from cifar_resnet.inference import (
 )
 from cifar_resnet.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
-from cifar_resnet.train import fit, predict_logits
+from cifar_resnet.train import fit
 
 LIMIT_TEST = 150  # the run evaluates on the first 150 of the 200 test images
 

@@ -5,7 +5,15 @@ import torch
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.profiling import PhaseTimer
-from cifar_resnet.train import build_scheduler, setup_training, train_one_epoch
+from cifar_resnet.splits import train_batches
+from cifar_resnet.train import (
+    Callbacks,
+    EpochState,
+    build_criterion,
+    build_scheduler,
+    setup_training,
+    train_one_epoch,
+)
 
 PHASES = ["augmentation", "forward", "backward", "optimizer", "bookkeeping"]
 
@@ -39,9 +47,12 @@ def _epoch(synthetic, timer=None):
     config = TrainConfig(width=0.25, batch_size=100, max_lr=2e-3, min_lr=2e-4, device="cpu", seed=3)
     runtime, _, train, _, model, optimizer, generator = setup_training(config, synthetic, False)
     scheduler = build_scheduler(optimizer, config, train.images.shape[0])
+    state = EpochState(torch.randperm(len(train), generator=generator))
+    batches = train_batches(train, config, runtime, generator, order=state.order)
     result = train_one_epoch(
-        model, optimizer, scheduler, train, config, runtime, generator, progress=False, timer=timer
-    )
+        model, build_criterion(config), optimizer, scheduler, batches, runtime,
+        state=state, n_images=len(train), config=config, callbacks=Callbacks(timer=timer),
+    )  # fmt: skip
     return result, model
 
 
@@ -49,7 +60,7 @@ def test_an_epoch_is_timed_phase_by_phase_without_changing_what_is_trained(synth
     timer = PhaseTimer(torch.device("cpu"))
     timed, timed_model = _epoch(synthetic, timer)
     plain, plain_model = _epoch(synthetic)
-    assert timed["loss"] == plain["loss"] and timed["acc"] == plain["acc"]
+    assert timed.loss == plain.loss and timed.acc == plain.acc
     timed_state, plain_state = timed_model.state_dict(), plain_model.state_dict()
     for name, value in timed_state.items():
         assert torch.equal(value, plain_state[name]), name
@@ -58,7 +69,7 @@ def test_an_epoch_is_timed_phase_by_phase_without_changing_what_is_trained(synth
     assert list(totals) == PHASES
     assert all(row["count"] == 6 for row in totals.values())  # 600 images / batch 100
     phase_sum = sum(row["seconds"] for row in totals.values())
-    assert 0.8 * timed["seconds"] <= phase_sum <= timed["seconds"]
+    assert 0.8 * timed.seconds <= phase_sum <= timed.seconds
     # the convolutions dominate: forward and backward outweigh augmentation
     assert (
         totals["forward"]["seconds"] + totals["backward"]["seconds"]

@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 from cifar_resnet.config import TrainConfig
+from cifar_resnet.evaluation import evaluate
 from cifar_resnet.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
-from cifar_resnet.train import build_model, build_optimizer, evaluate, fit, prepare_splits
+from cifar_resnet.splits import prepare_splits
+from cifar_resnet.train import build_model, build_optimizer, fit
 
 QUICK = {"width": 0.25, "batch_size": 100, "epochs": 2, "peak_epoch": 1, "device": "cpu"}
 
@@ -222,7 +224,7 @@ def _reference_batch(train, config, seed, device="cpu"):
 
 
 def test_fast_path_gives_the_loss_of_a_per_image_reference_on_the_same_draws(synthetic):
-    from cifar_resnet.train import train_batches
+    from cifar_resnet.splits import train_batches
 
     config = TrainConfig(max_lr=1e-3, **QUICK)
     runtime = resolve_runtime("cpu")
@@ -249,7 +251,7 @@ _DEVICES = [
 
 @pytest.mark.parametrize("device", _DEVICES)
 def test_bf16_fast_path_matches_the_fp32_reference_within_bf16_tolerance(synthetic, device):
-    from cifar_resnet.train import train_batches
+    from cifar_resnet.splits import train_batches
 
     config = TrainConfig(max_lr=1e-3, precision="bf16", **{**QUICK, "device": device})
     runtime = resolve_runtime(device, "bf16")
@@ -281,7 +283,7 @@ def test_a_bf16_training_step_agrees_with_fp32_within_bf16_tolerance(synthetic, 
     config = TrainConfig(max_lr=1e-3, **{**QUICK, "device": device})
     fp32, bf16 = resolve_runtime(device, "fp32"), resolve_runtime(device, "bf16")
     train, _ = prepare_splits(synthetic, config, fp32)
-    from cifar_resnet.train import train_batches
+    from cifar_resnet.splits import train_batches
 
     x, y = next(train_batches(train, config, fp32, torch.Generator(device=device).manual_seed(1)))
     results = {}
@@ -318,3 +320,107 @@ def test_compile_trains_the_same_run_and_reports_its_time_apart(synthetic):
     for a, b in zip(eager.epochs, compiled.epochs, strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=5e-3)
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-2)
+
+
+def test_label_smoothing_is_the_mixture_of_cross_entropy_and_the_uniform_target():
+    from cifar_resnet.train import build_criterion
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    eps = 0.2
+    log_p = logits.log_softmax(1)
+    direct = ((1 - eps) * -log_p[torch.arange(8), labels] + eps * -log_p.mean(1)).mean()
+    loss = build_criterion(TrainConfig(label_smoothing=eps))(logits, labels)
+    assert loss.item() == pytest.approx(direct.item(), rel=1e-6)
+    plain = build_criterion(TrainConfig())(logits, labels)
+    assert plain.item() == pytest.approx(nn.functional.cross_entropy(logits, labels).item())
+
+
+def test_the_ema_is_the_decayed_average_of_every_steps_weights(synthetic):
+    """Weights and BatchNorm buffers: e_1 = w_1, e_k = d e_(k-1) + (1 - d) w_k."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from cifar_resnet.splits import train_batches
+    from cifar_resnet.train import EpochState, build_criterion, build_scheduler, train_one_epoch
+
+    decay = 0.7
+    config = TrainConfig(max_lr=2e-3, min_lr=2e-4, ema_decay=decay, **QUICK)
+    runtime = resolve_runtime("cpu")
+    train, _ = prepare_splits(synthetic, config, runtime)
+    torch.manual_seed(0)
+    model = build_model(config)
+    opt = build_optimizer(model, config, runtime)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    expected: dict[str, torch.Tensor] = {}
+
+    def after_step() -> None:
+        ema.update_parameters(model)
+        for name, value in model.state_dict().items():
+            if not value.is_floating_point():
+                continue
+            prev = expected.get(name)
+            expected[name] = value.clone() if prev is None else decay * prev + (1 - decay) * value
+
+    gen = torch.Generator().manual_seed(0)
+    state = EpochState(torch.randperm(len(train), generator=gen))
+    train_one_epoch(
+        model, build_criterion(config), opt, build_scheduler(opt, config, 600),
+        train_batches(train, config, runtime, gen, order=state.order), runtime,
+        state=state, n_images=len(train), config=config, after_step=after_step,
+    )  # fmt: skip
+    averaged = ema.module.state_dict()
+    for name, value in expected.items():
+        torch.testing.assert_close(averaged[name], value, rtol=1e-5, atol=1e-6)
+    last = model.state_dict()["layer1.conv.0.weight"]
+    assert not torch.equal(averaged["layer1.conv.0.weight"], last)  # an average, not the last
+
+
+def test_an_ema_run_evaluates_and_saves_the_averaged_weights(synthetic, tmp_path):
+    from cifar_resnet.checkpoint import load_checkpoint, model_from_checkpoint
+
+    config = TrainConfig(max_lr=2e-3, ema_decay=0.9, **QUICK)
+    history = fit(config, synthetic, run=RunFolder(tmp_path / "run"), progress=False)
+    state = load_checkpoint(tmp_path / "run")
+    saved = model_from_checkpoint(state)
+    for name, value in saved.state_dict().items():  # the EMA's, not the last step's
+        assert torch.equal(value, history.model.state_dict()[name]), name
+    raw = state["model"]["layer1.conv.0.weight"]
+    assert not torch.equal(saved.state_dict()["layer1.conv.0.weight"], raw)
+    runtime = resolve_runtime("cpu", history.config.precision)
+    _, test = prepare_splits(synthetic, config, runtime)
+    ev = evaluate(saved.to(memory_format=torch.channels_last), test, runtime, batch_size=1024)
+    assert ev["acc"] == history.final["test_acc"]
+
+
+def test_tta_accuracy_is_the_mean_softmax_of_each_image_and_its_mirror(synthetic):
+    config = TrainConfig(**QUICK)
+    runtime = resolve_runtime("cpu", "fp32")
+    _, test = prepare_splits(synthetic, config, runtime)
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    from cifar_resnet.augment import normalize
+
+    result = evaluate(model, test, runtime, batch_size=64, tta=True)
+    x = normalize(test.images, test.mean, test.std)
+    with torch.no_grad():
+        probs = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2
+    assert result["tta_acc"] == (probs.argmax(1) == test.labels).float().mean().item()
+    expected_loss = nn.functional.nll_loss(probs.log(), test.labels).item()
+    assert result["tta_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert result["acc"] == evaluate(model, test, runtime, batch_size=64)["acc"]
+
+
+def test_a_page_recipe_run_records_its_recipe_and_tta_accuracy(synthetic, tmp_path):
+    config = TrainConfig(recipe="page", **QUICK)
+    history = fit(config, synthetic, run=RunFolder(tmp_path / "run"), progress=False)
+    final = history.final
+    assert (final["recipe"], final["optimizer"], final["label_smoothing"]) == ("page", "sgd", 0.2)
+    assert (final["head_bias"], final["logit_scale"]) == (False, 0.125)
+    assert history.step_lrs[0] == 0.0 and max(history.step_lrs) == pytest.approx(0.4)
+    assert (
+        0 <= final["test_acc_tta"] <= 1
+        and final["test_acc_tta"] == history.epochs[-1]["test_acc_tta"]
+    )
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["recipe"], saved["tta"], saved["max_lr"]) == ("page", True, 0.4)
+    assert isinstance(history.model.head[2], nn.Linear) and history.model.head[2].bias is None

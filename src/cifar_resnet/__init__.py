@@ -5,6 +5,7 @@ from .config import TrainConfig
 from .custom_resnet import CustomResNet, count_parameters
 from .data import Cifar10, load_cifar10
 from .errors import CheckpointError, CifarResnetError, ConfigError, DataError
+from .evaluation import evaluate, predict_logits
 from .export import export_model
 from .gallery import select_misclassified
 from .gradcam import grad_cam
@@ -12,9 +13,10 @@ from .inference import Evaluation, Predictions, TrainedModel, evaluate_model, lo
 from .lr_finder import LRFinderResult, find_lr, plot_lr_finder
 from .report import build_report, load_run
 from .summary import model_summary
-from .train import History, evaluate, fit, lr_range_test, train_one_epoch
+from .train import Callbacks, History, fit, lr_range_test, train_one_epoch
 
 __all__ = [
+    "Callbacks",
     "Cifar10",
     "CheckpointError",
     "CifarResnetError",
@@ -42,6 +44,7 @@ __all__ = [
     "lr_range_test",
     "model_summary",
     "plot_lr_finder",
+    "predict_logits",
     "predict",
     "select_misclassified",
     "summarize_data",

@@ -1,11 +1,8 @@
-"""Checkpoints: what a run saves after every epoch, and loading one back safely.
+"""Checkpoint files: reading one back safely, and the model and config it holds.
 
-A checkpoint is a dict saved with ``torch.save``: ``format``, ``model``,
-``optimizer``, ``scheduler``, ``epoch``, ``config`` (a ``TrainConfig`` dict),
-``classes``, ``mean`` and ``std`` (the training split's normalisation, (3,) in
-[0, 1] units), ``metrics`` (per-epoch dicts so far), ``step_lrs`` and ``rng``.
-Loading checks the format and the architecture and turns every failure into a
-one-line ``CheckpointError``.
+What a checkpoint holds is listed once, in ``records.TrainState``; this module reads
+the file (``torch.load``), checks and upgrades its format through ``TrainState`` and
+turns every failure into a one-line ``CheckpointError``.
 """
 
 from __future__ import annotations
@@ -19,26 +16,35 @@ import torch
 
 from .config import TrainConfig
 from .custom_resnet import CustomResNet
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, oneline
+from .records import CHECKPOINT_FORMAT, TrainState
 
-CHECKPOINT_FORMAT = "cifar-resnet/1"
-REQUIRED = ("format", "model", "epoch", "config", "classes", "mean", "std")
+__all__ = ["CHECKPOINT_FORMAT", "checkpoint_path", "load_checkpoint", "train_state"]
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint file; CheckpointError if it is missing, truncated or not ours."""
+def checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file a ``--checkpoint``/``--resume`` value names (a run folder or a file)."""
     path = Path(path)
     if path.is_dir():
         candidate = path / "checkpoints" / "last.pt"
         if not candidate.exists():
             raise CheckpointError(f"no checkpoint in {path}: expected {candidate}")
-        path = candidate
+        return candidate
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a .pt file or a run folder")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file or a run folder's; CheckpointError if it is missing or not ours.
+
+    Returns the checkpoint as a dict of the current format (``TrainState.to_dict``).
+    """
+    path = checkpoint_path(path)
     try:
         # weights_only=False: checkpoints hold plain Python objects (config, metrics) besides
         # tensors; only load checkpoints you trust, as with any pickle.
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        raw = torch.load(path, map_location=map_location, weights_only=False)
     except (
         RuntimeError,
         EOFError,
@@ -48,49 +54,65 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ValueError,
         AttributeError,
         ImportError,
+        IndexError,
+        KeyError,
+        TypeError,
     ) as e:
-        reason = " ".join(str(e).split())[:120] or type(e).__name__
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (corrupt or truncated: {reason}); "
+            f"{path} is not a readable checkpoint (corrupt or truncated: {oneline(e, 160)}); "
             "use another checkpoint or train again"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a cifar-resnet checkpoint (expected format {CHECKPOINT_FORMAT}); "
-            "pass a checkpoints/last.pt written by cifar-resnet train"
-        )
-    missing = [k for k in REQUIRED if k not in state]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is incomplete")
-    return state
+    return TrainState.from_dict(raw, source=str(path)).to_dict()
 
 
-def config_from_checkpoint(state: dict[str, Any]) -> TrainConfig:
+def train_state(state: TrainState | dict[str, Any]) -> TrainState:
+    """A checkpoint as ``TrainState``, from either form."""
+    return state if isinstance(state, TrainState) else TrainState.from_dict(state)
+
+
+def config_from_checkpoint(state: TrainState | dict[str, Any]) -> TrainConfig:
     """The training config saved in a checkpoint.
 
     Configs saved before ``precision`` existed trained in fp32 on the CPU (the only
     device they ran on), so they load as ``fp32``: evaluating them in bf16 would not
-    reproduce their recorded accuracy.
+    reproduce their recorded accuracy. Those saved before recipes had Adam without
+    weight decay, as their own ``weight_decay`` says.
     """
-    values = dict(state["config"])
+    values = dict(train_state(state).config)
     values.setdefault("precision", "fp32")
     try:
         return TrainConfig.from_dict(values)
     except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"checkpoint config is invalid: {e}") from None
+        raise CheckpointError(f"checkpoint config is invalid: {oneline(e)}") from None
 
 
-def model_from_checkpoint(state: dict[str, Any]) -> CustomResNet:
-    """The trained network of a checkpoint, in eval mode on the CPU."""
+def model_from_checkpoint(state: TrainState | dict[str, Any]) -> CustomResNet:
+    """The trained network of a checkpoint, in eval mode on the CPU.
+
+    For a run with an EMA of the weights, the averaged weights: the model it evaluated.
+    """
+    state = train_state(state)
     config = config_from_checkpoint(state)
     model = CustomResNet(
-        len(state["classes"]), width=config.width, norm=config.norm, dropout=config.dropout
+        len(state.classes),
+        width=config.width,
+        norm=config.norm,
+        dropout=config.dropout,
+        head_bias=config.head_bias,
+        logit_scale=config.logit_scale,
     )
+    weights = state.model
+    if state.ema is not None:  # AveragedModel's state: "module.<name>" and n_averaged
+        prefix = "module."
+        weights = {k[len(prefix) :]: v for k, v in state.ema.items() if k.startswith(prefix)}
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else "state dict mismatch"
+        first = oneline(str(e).strip().splitlines()[0] if str(e).strip() else "state dict mismatch")
+        shapes = [line.strip() for line in str(e).splitlines() if "size mismatch" in line][:1]
+        detail = f"{first} {oneline(shapes[0], 160)}" if shapes else first
         raise CheckpointError(
-            f"checkpoint weights do not fit the network its config describes ({first})"
+            f"checkpoint weights do not fit the network its config describes ({detail}); "
+            "the file may have been edited or mixed up with another run's"
         ) from None
     return model.eval()

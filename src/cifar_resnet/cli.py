@@ -16,8 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import TrainConfig, field_types
-from .errors import CheckpointError, CifarResnetError, ConfigError, TrainingInterrupted
+from .config import RESUME_OVERRIDES, TrainConfig, field_types
+from .errors import (
+    CheckpointError,
+    CifarResnetError,
+    ConfigError,
+    TrainingInterrupted,
+    oneline,
+)
 
 PROG = "cifar-resnet"
 
@@ -115,15 +121,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             path = _write_report(out, config.data_dir, config.cache_dir, config.device)
             print(f"report in {path}")
         except CifarResnetError as e:  # the run itself is saved; the report can be rebuilt
-            message = " ".join(str(e).split())
             print(
-                f"{PROG}: warning: no report ({message}); retry: {PROG} report {out}",
+                f"{PROG}: warning: no report ({oneline(e)}); retry: {PROG} report {out}",
                 file=sys.stderr,
             )
     return 0
-
-
-_RESUME_OVERRIDES = ("data_dir", "cache_dir", "device")
 
 
 def _resume_target(args: argparse.Namespace) -> tuple[Path, TrainConfig, dict[str, Any]]:
@@ -131,7 +133,7 @@ def _resume_target(args: argparse.Namespace) -> tuple[Path, TrainConfig, dict[st
     from .checkpoint import config_from_checkpoint, load_checkpoint
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    fixed = sorted(k for k in vars(args) if k in names and k not in _RESUME_OVERRIDES)
+    fixed = sorted(k for k in vars(args) if k in names and k not in RESUME_OVERRIDES)
     if fixed or args.out or args.force:
         flags = [f"--{k.replace('_', '-')}" for k in fixed]
         flags += [f for f, on in (("--out", args.out), ("--force", args.force)) if on]
@@ -143,7 +145,7 @@ def _resume_target(args: argparse.Namespace) -> tuple[Path, TrainConfig, dict[st
     out = target if target.is_dir() else target.parent.parent
     state = load_checkpoint(target)
     config = config_from_checkpoint(state)
-    overrides = {k: getattr(args, k) for k in _RESUME_OVERRIDES if k in vars(args)}
+    overrides = {k: getattr(args, k) for k in RESUME_OVERRIDES if k in vars(args)}
     config = config.replace(**overrides)
     if state["epoch"] >= config.epochs and state.get("epoch_state") is None:
         raise CheckpointError(
@@ -155,12 +157,12 @@ def _resume_target(args: argparse.Namespace) -> tuple[Path, TrainConfig, dict[st
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     from .lr_finder import plot_lr_finder
     from .run_folder import RunFolder
-    from .train import lr_range_test
+    from .train import lr_range_test_seeds
 
     config = config_from_args(args)
     run = RunFolder(args.out, force=args.force)
     try:
-        result = lr_range_test(config, progress=not args.quiet)
+        result = lr_range_test_seeds(config, seeds=args.seeds, progress=not args.quiet)
     except BaseException:
         run.remove_if_unused()
         raise
@@ -171,6 +173,15 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
         f"LRMAX {result.max_lr:.3e}  LRMIN {result.min_lr:.3e}  ({result.rule} rule, "
         f"{len(result.lrs)} steps, {stop}); curve in {Path(args.out) / 'lr_finder.png'}"
     )
+    if result.spread is not None:
+        spread = result.spread
+        choices = ", ".join(
+            f"seed {s}: {lr:.2e}" for s, lr in zip(spread["seeds"], spread["max_lrs"], strict=True)
+        )
+        print(
+            f"LRMAX over {len(spread['seeds'])} seeds: {choices}; spread {spread['ratio']:.2f}x "
+            f"(train uses seed {spread['seeds'][0]}'s: {result.max_lr:.2e})"
+        )
     return 0
 
 
@@ -468,6 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
         },
     )
     p.add_argument("--out", required=True, help="folder for lr_finder.json and lr_finder.png")
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="run the test for N seeds (--seed, --seed+1, ...) and show how far their choices "
+        "spread; the first is the one train makes (default: 3)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_lr_find)
@@ -484,8 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CifarResnetError as e:
-        message = " ".join(str(e).split())
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        print(f"{PROG}: error: {oneline(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

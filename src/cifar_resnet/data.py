@@ -35,7 +35,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from cifar_resnet.errors import DataError
+from .errors import DataError, oneline
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -181,11 +181,11 @@ def _download(url: str, md5: str, cache: Path) -> Path:
                 ) from exc
             if verified:
                 raise DataError(
-                    f"cannot unpack {archive} ({_oneline(exc)}): delete it and retry, or "
+                    f"cannot unpack {archive} ({oneline(exc)}): delete it and retry, or "
                     f"{_LOCAL_COPY_HINT}"
                 ) from exc
             raise DataError(
-                f"cannot download CIFAR-10 from {url} ({_oneline(exc)}): {_LOCAL_COPY_HINT}"
+                f"cannot download CIFAR-10 from {url} ({oneline(exc)}): {_LOCAL_COPY_HINT}"
             ) from exc
         found = staging / _PICKLE_DIR
         if not found.is_dir():
@@ -235,7 +235,7 @@ def _load_folder(path: Path, cache: Path, progress: bool, origin: str | None) ->
     except OSError as exc:
         cache_ok = False
         warnings.warn(
-            f"cannot create cache folder {cache} ({_oneline(exc)}); not caching", stacklevel=3
+            f"cannot create cache folder {cache} ({oneline(exc)}); not caching", stacklevel=3
         )
     key = _folder_key(kind, folder, cache)
     if cache_ok:
@@ -277,7 +277,7 @@ def _find_layout(path: Path, shown: Path) -> tuple[str, Path]:
     try:
         entries = _visible(path)
     except OSError as exc:
-        raise DataError(f"cannot list {shown} ({_oneline(exc)}): {_LOCAL_COPY_HINT}") from exc
+        raise DataError(f"cannot list {shown} ({oneline(exc)}): {_LOCAL_COPY_HINT}") from exc
     if _is_pickle_dir(path):
         return "pickles", path
     if _is_tree(path):
@@ -330,7 +330,7 @@ def _load_pickle(path: Path) -> dict:
             obj = pickle.load(f, encoding="latin1")
     except Exception as exc:  # unpickling can fail in many ways on a damaged file
         raise DataError(
-            f"cannot read {path} ({_oneline(exc)}): the file is damaged; replace it with a "
+            f"cannot read {path} ({oneline(exc)}): the file is damaged; replace it with a "
             f"fresh copy"
         ) from exc
     if not isinstance(obj, dict):
@@ -392,7 +392,7 @@ def _scan(folder: Path, want_dirs: bool) -> list[str]:
                 if not e.name.startswith(".") and (e.is_dir() if want_dirs else e.is_file())
             ]
     except OSError as exc:
-        raise DataError(f"cannot list {folder} ({_oneline(exc)}): check permissions") from exc
+        raise DataError(f"cannot list {folder} ({oneline(exc)}): check permissions") from exc
     return sorted(found)
 
 
@@ -419,7 +419,7 @@ def _decode_image(path: str) -> np.ndarray:
                 rgb = im if im.mode == "RGB" else im.convert("RGB")
                 return np.frombuffer(rgb.tobytes(), dtype=np.uint8).reshape(_SIDE, _SIDE, 3)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        reason = "unknown format" if isinstance(exc, UnidentifiedImageError) else _oneline(exc)
+        reason = "unknown format" if isinstance(exc, UnidentifiedImageError) else oneline(exc)
         raise DataError(
             f"not an image: {path} (Pillow cannot read it: {reason}); remove or replace it"
         ) from exc
@@ -512,13 +512,13 @@ def _extract(archive: Path, target: Path, progress: bool) -> Path:
     except _FILTER_ERRORS as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise DataError(
-            f"{archive} holds an unsafe member ({_oneline(exc)}): refusing to unpack it; "
+            f"{archive} holds an unsafe member ({oneline(exc)}): refusing to unpack it; "
             f"unpack a trusted copy yourself and pass the folder"
         ) from exc
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise DataError(
-            f"cannot unpack {archive} ({_oneline(exc)}): the archive is damaged or not a "
+            f"cannot unpack {archive} ({oneline(exc)}): the archive is damaged or not a "
             f".tar.gz; get a fresh copy"
         ) from exc
     except BaseException:
@@ -580,7 +580,7 @@ def _folder_key(kind: str, folder: Path, cache: Path) -> str:
                 st = entry.stat()
                 parts.append(f"{entry.path[len(prefix) :]}|{st.st_size}|{st.st_mtime_ns}")
         except OSError as exc:
-            raise DataError(f"cannot list {current} ({_oneline(exc)}): check permissions") from exc
+            raise DataError(f"cannot list {current} ({oneline(exc)}): check permissions") from exc
     return _hash_parts(parts)
 
 
@@ -635,9 +635,7 @@ def _write_cache(cache: Path, key: str, result: Cifar10) -> None:
             torch.save(blob, f)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError
-        warnings.warn(
-            f"cannot write cache file {path} ({_oneline(exc)}); not caching", stacklevel=4
-        )
+        warnings.warn(f"cannot write cache file {path} ({oneline(exc)}); not caching", stacklevel=4)
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
 
@@ -663,7 +661,7 @@ def _ensure_dir(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(
-            f"cannot create cache folder {folder} ({_oneline(exc)}): set CIFAR_RESNET_CACHE "
+            f"cannot create cache folder {folder} ({oneline(exc)}): set CIFAR_RESNET_CACHE "
             f"to a writable folder"
         ) from exc
 
@@ -673,7 +671,7 @@ def _make_temp_dir(parent: Path, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     except OSError as exc:
         raise DataError(
-            f"cannot write to cache folder {parent} ({_oneline(exc)}): set CIFAR_RESNET_CACHE "
+            f"cannot write to cache folder {parent} ({oneline(exc)}): set CIFAR_RESNET_CACHE "
             f"to a writable folder"
         ) from exc
 
@@ -688,11 +686,3 @@ def _read_text(path: Path) -> str | None:
         return path.read_text().strip()
     except OSError:
         return None
-
-
-def _oneline(exc: BaseException) -> str:
-    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
-        text = " ".join(str(exc.reason).split())
-    else:
-        text = " ".join(str(exc).split())
-    return text or type(exc).__name__

@@ -2,6 +2,32 @@
 
 from __future__ import annotations
 
+import urllib.error
+
+
+def oneline(exc: BaseException | str, limit: int | None = None) -> str:
+    """An error's message on one line, for embedding in another message.
+
+    Whitespace runs (newlines, tabs) become one space; a URLError shows its reason, not
+    its ``<urlopen error ...>`` wrapper; an empty message shows the exception's type.
+    With ``limit``, a longer message is cut after its last whole sentence (or word)
+    that fits, and marked with "...", never in the middle of a word.
+    """
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+        text = str(exc.reason)
+    else:
+        text = str(exc)
+    text = " ".join(text.split())
+    if not text:
+        return type(exc).__name__ if isinstance(exc, BaseException) else ""
+    if limit is None or len(text) <= limit:
+        return text
+    head = text[:limit]
+    cut = head.rfind(". ")
+    if cut >= limit // 3:
+        return head[: cut + 1] + " ..."
+    return head.rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+
 
 class CifarResnetError(Exception):
     """Bad input from the user; the message says what is wrong and what to do."""

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CifarResnetError
+from .errors import CifarResnetError, oneline
 from .inference import SIDE, TrainedModel
 
 FORMATS = ("onnx", "torchscript")
@@ -173,7 +173,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
             return json.loads(extra["metadata.json"])
         except (RuntimeError, ValueError) as e:
             raise CifarResnetError(
-                f"{path} is not a TorchScript file exported by cifar-resnet ({_oneline(e)})"
+                f"{path} is not a TorchScript file exported by cifar-resnet ({oneline(e, 160)})"
             ) from None
     _require_onnx()
     import onnx
@@ -182,7 +182,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf reports a non-ONNX file in several ways
         raise CifarResnetError(
-            f"{path} is not an ONNX or TorchScript file ({_oneline(e)})"
+            f"{path} is not an ONNX or TorchScript file ({oneline(e, 160)})"
         ) from None
     return {p.key: p.value for p in proto.metadata_props}
 
@@ -263,7 +263,3 @@ def _check(wrapper: NormalizedClassifier, path: Path, format: str) -> float:
 def _is_zip(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == b"PK\x03\x04"
-
-
-def _oneline(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:160] or type(exc).__name__

@@ -25,7 +25,6 @@ one process to the next, a handful of near-tied images can still come out differ
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +35,16 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from .checkpoint import config_from_checkpoint, load_checkpoint, model_from_checkpoint
+from .checkpoint import config_from_checkpoint, model_from_checkpoint, train_state
 from .config import TrainConfig
 from .confusion import confusion_matrix
 from .data import Cifar10
-from .errors import DataError
+from .errors import DataError, oneline
+from .evaluation import predict_logits, tta_log_probs
+from .records import TrainState
+from .run_folder import RunRecord
 from .runtime import Runtime, resolve_runtime
-from .train import predict_logits
+from .splits import limit_splits
 
 SIDE = 32  # CIFAR-10 images are SIDE x SIDE pixels
 RESAMPLE = Image.Resampling.BICUBIC  # filter used to shrink larger images to SIDE x SIDE
@@ -132,32 +134,32 @@ class Evaluation:
         return out
 
 
-def load_model(checkpoint: str | Path | dict[str, Any], device: str = "cpu") -> TrainedModel:
-    """The trained model of a checkpoint file, run folder or loaded checkpoint dict."""
+def load_model(
+    checkpoint: str | Path | dict[str, Any] | TrainState, device: str = "cpu"
+) -> TrainedModel:
+    """The trained model of a checkpoint file, run folder or loaded checkpoint."""
     path: Path | None = None
-    if isinstance(checkpoint, dict):
-        state = checkpoint
+    if isinstance(checkpoint, (dict, TrainState)):
+        state = train_state(checkpoint)
     else:
-        path = Path(checkpoint)
-        if path.is_dir():
-            path = path / "checkpoints" / "last.pt"
-        state = load_checkpoint(checkpoint)
-    runtime = resolve_runtime(device, config_from_checkpoint(state).precision)
+        record = RunRecord.open(checkpoint)
+        state, path = record.state, record.checkpoint
+    config = config_from_checkpoint(state)
+    runtime = resolve_runtime(device, config.precision)
     model = model_from_checkpoint(state).to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    metrics = state.get("metrics") or []
     recorded = None
-    if metrics and metrics[-1].get("epoch") == state["epoch"]:
-        recorded = metrics[-1].get("test_acc")
+    if state.metrics and state.metrics[-1].get("epoch") == state.epoch:
+        recorded = state.metrics[-1].get("test_acc")
     return TrainedModel(
         model=model.eval(),
-        classes=tuple(str(c) for c in state["classes"]),
-        mean=torch.as_tensor(state["mean"], dtype=torch.float32).cpu(),
-        std=torch.as_tensor(state["std"], dtype=torch.float32).cpu(),
-        config=config_from_checkpoint(state),
+        classes=tuple(str(c) for c in state.classes),
+        mean=torch.as_tensor(state.mean, dtype=torch.float32).cpu(),
+        std=torch.as_tensor(state.std, dtype=torch.float32).cpu(),
+        config=config,
         runtime=runtime,
-        epoch=int(state["epoch"]),
+        epoch=int(state.epoch),
         recorded_test_acc=recorded,
         path=path,
     )
@@ -176,7 +178,7 @@ def load_image(source: ImageSource) -> torch.Tensor:
         with Image.open(path) as im:
             return _to_tensor(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        reason = "unknown format" if isinstance(e, UnidentifiedImageError) else _oneline(e)
+        reason = "unknown format" if isinstance(e, UnidentifiedImageError) else oneline(e)
         raise DataError(
             f"not an image: {path} (Pillow cannot read it: {reason}); pass a PNG, JPEG or "
             "other image file"
@@ -249,10 +251,8 @@ def select_test_split(
             f"the data set's classes ({', '.join(data.classes)}) differ from the checkpoint's "
             f"({', '.join(model.classes)}); pass --data-dir with the data it was trained on"
         )
-    images, labels = data.test_images, data.test_labels
-    if limit_test is not None:
-        images, labels = images[:limit_test], labels[:limit_test]
-    return images, labels
+    limited = limit_splits(data, None, limit_test)
+    return limited.test_images, limited.test_labels
 
 
 def _rank(
@@ -268,9 +268,8 @@ def _rank(
     if flipped is None:
         order = logits.argsort(dim=1, descending=True, stable=True)
         return logits.softmax(1), logits.log_softmax(1), order
-    a, b = logits.log_softmax(1), flipped.log_softmax(1)
-    probs = (a.exp() + b.exp()) / 2
-    log_probs = torch.logaddexp(a, b) - math.log(2.0)  # log of probs, without underflow to -inf
+    probs = (logits.softmax(1) + flipped.softmax(1)) / 2
+    log_probs = tta_log_probs(logits, flipped)  # log of probs, without underflow to -inf
     order = (logits + flipped).argsort(dim=1, descending=True, stable=True)
     by_prob = probs.gather(1, order).argsort(dim=1, descending=True, stable=True)
     return probs, log_probs, order.gather(1, by_prob)
@@ -385,7 +384,3 @@ def _align(
             cells.append(cell.rjust(widths[j]) if right else cell.ljust(widths[j]))
         out.append("  ".join(cells).rstrip())
     return out
-
-
-def _oneline(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -11,9 +11,7 @@ JavaScript. Nothing here writes files: the command line does.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +23,13 @@ from torch import nn
 
 from .analysis import DataSummary, data_figures, summarize_data
 from .augment import normalize
-from .checkpoint import config_from_checkpoint, load_checkpoint, model_from_checkpoint
-from .config import TrainConfig
 from .confusion import confusion_matrix, per_class_accuracy
 from .data import Cifar10, load_cifar10
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
+from .evaluation import predict_logits
 from .gallery import Misclassified, select_misclassified
 from .gradcam import DEFAULT_LAYER, grad_cam
+from .inference import load_model
 from .lr_finder import LRFinderResult, plot_lr_finder
 from .plots import (
     figure_png,
@@ -42,9 +40,9 @@ from .plots import (
     plot_per_class_accuracy,
     plot_training_curves,
 )
-from .runtime import resolve_runtime
+from .run_folder import RunRecord
+from .splits import limit_splits
 from .summary import model_summary
-from .train import predict_logits
 
 SECTIONS = (
     ("overview", "Overview"),
@@ -79,34 +77,6 @@ class RunResults:
     logits: torch.Tensor  # (N_test, C) float32 on the CPU
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        reason = " ".join(str(e).split())[:120]
-        raise CheckpointError(f"cannot read {path} ({reason}); is it a run folder?") from None
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError) as e:
-        reason = " ".join(str(e).split())[:120]
-        raise CheckpointError(f"cannot read {path} ({reason}); is it a run folder?") from None
-
-
-def _limit(data: Cifar10, config: TrainConfig) -> Cifar10:
-    """The splits as the run saw them: ``limit_train`` / ``limit_test`` applied."""
-    lt, le = config.limit_train, config.limit_test
-    return dataclasses.replace(
-        data,
-        train_images=data.train_images[:lt],
-        train_labels=data.train_labels[:lt],
-        test_images=data.test_images[:le],
-        test_labels=data.test_labels[:le],
-    )
-
-
 def load_run(
     path: str | Path,
     *,
@@ -123,21 +93,13 @@ def load_run(
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a folder; pass a run folder written by train --out")
-    state = load_checkpoint(path)
-    config = config_from_checkpoint(state)
-    classes = tuple(state["classes"])
-    config_json = path / "config.json"
-    shown_config = _read_json(config_json) if config_json.exists() else config.to_dict()
-    final = _read_json(path / "final.json") if (path / "final.json").exists() else {}
-    metrics_file = path / "metrics.jsonl"
-    metrics = _read_metrics(metrics_file) if metrics_file.exists() else list(state["metrics"])
-    finder = None
-    if (path / "lr_finder.json").exists():
-        try:
-            finder = LRFinderResult(**_read_json(path / "lr_finder.json"))
-        except TypeError:
-            raise CheckpointError(f"{path / 'lr_finder.json'} has unexpected fields") from None
-
+    record = RunRecord.open(path)
+    config, classes = record.config, tuple(record.state.classes)
+    finder_json = record.lr_finder_json()
+    try:
+        finder = None if finder_json is None else LRFinderResult.from_dict(finder_json)
+    except (TypeError, ConfigError):
+        raise CheckpointError(f"{path / 'lr_finder.json'} has unexpected fields") from None
     if data is None:
         source = data_dir if data_dir is not None else config.data_dir
         cache = cache_dir if cache_dir is not None else config.cache_dir
@@ -147,29 +109,24 @@ def load_run(
             f"the data's classes ({', '.join(data.classes)}) differ from the run's "
             f"({', '.join(classes)}); pass --data-dir pointing at the data the run used"
         )
-    data = _limit(data, config)
-
-    model = model_from_checkpoint(state)
-    summary = str(model_summary(model))
-    runtime = resolve_runtime(device, config.precision)
-    model = model.to(runtime.device).eval()
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    mean, std = state["mean"].float().cpu(), state["std"].float().cpu()
+    data = limit_splits(data, config.limit_train, config.limit_test)
+    trained = load_model(record.state, device=device)
+    summary = str(model_summary(trained.model))
     logits = predict_logits(
-        model, data.test_images, mean, std, runtime, batch_size=config.eval_batch_size
-    )
+        trained.model, data.test_images, trained.mean, trained.std, trained.runtime,
+        batch_size=config.eval_batch_size,
+    )  # fmt: skip
     return RunResults(
         path=path,
-        config=shown_config,
-        final=final,
-        metrics=metrics,
-        step_lrs=[float(v) for v in state.get("step_lrs", [])],
+        config=record.config_json(),
+        final=record.final(),
+        metrics=record.metrics(),
+        step_lrs=[float(v) for v in record.state.step_lrs],
         lr_finder=finder,
         classes=classes,
-        mean=mean,
-        std=std,
-        model=model,
+        mean=trained.mean,
+        std=trained.std,
+        model=trained.model,
         summary=summary,
         data=data,
         logits=logits,

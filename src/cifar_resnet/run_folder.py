@@ -1,8 +1,10 @@
 """A run's output folder: resolved config, per-epoch metrics, checkpoints, final figures.
 
-Every file is written atomically (a temporary file in the same folder, then
-``os.replace``), so an interrupted write never leaves a truncated file in place
-of a good one. A folder that already holds a run is refused unless ``force``.
+``RunFolder`` writes one: every file atomically (a temporary file in the same folder,
+then ``os.replace``), so an interrupted write never leaves a truncated file in place
+of a good one; a folder that already holds a run is refused unless ``force``.
+``RunRecord.open`` reads one back (or a loose checkpoint file): the one reader that
+``report``, ``load_model`` and ``train --resume`` share.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ import contextlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-from .errors import CheckpointError
+from .checkpoint import checkpoint_path, config_from_checkpoint, load_checkpoint, train_state
+from .config import TrainConfig
+from .errors import CheckpointError, oneline
+from .records import TrainState
 
 RUN_FILES = (
     "config.json",
@@ -127,3 +133,74 @@ class RunFolder:
         path = self.path / "checkpoints" / name
         atomic_write(path, lambda f: torch.save(state, f))
         return path
+
+
+def read_json(path: Path) -> Any:
+    """A run folder's JSON file; CheckpointError (one line) if it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(
+            f"cannot read {path} ({oneline(e, 160)}); is it a run folder?"
+        ) from None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl: one dict per epoch."""
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise CheckpointError(
+            f"cannot read {path} ({oneline(e, 160)}); is it a run folder?"
+        ) from None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished or interrupted run as saved: its folder (if any) and its checkpoint."""
+
+    folder: Path | None  # None for a checkpoint file outside a run folder
+    checkpoint: Path
+    state: TrainState
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunRecord:
+        """A run folder, or a checkpoint file (inside ``RUN/checkpoints/`` or loose)."""
+        file = checkpoint_path(path)
+        state = train_state(load_checkpoint(file))
+        folder = Path(path) if Path(path).is_dir() else None
+        if folder is None and file.parent.name == "checkpoints":
+            candidate = file.parent.parent
+            if (candidate / "config.json").exists():
+                folder = candidate
+        return cls(folder, file, state)
+
+    @property
+    def config(self) -> TrainConfig:
+        """The run's resolved training config."""
+        return config_from_checkpoint(self.state)
+
+    def _file(self, name: str) -> Path | None:
+        if self.folder is None or not (self.folder / name).exists():
+            return None
+        return self.folder / name
+
+    def config_json(self) -> dict[str, Any]:
+        """config.json (the resolved config and lr_source), or the checkpoint's config."""
+        path = self._file("config.json")
+        return read_json(path) if path else {**self.state.config, "lr_source": self.state.lr_source}
+
+    def final(self) -> dict[str, Any]:
+        """final.json; empty when the run did not finish."""
+        path = self._file("final.json")
+        return read_json(path) if path else {}
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl, or the checkpoint's copy of the epochs so far."""
+        path = self._file("metrics.jsonl")
+        return read_metrics(path) if path else list(self.state.metrics)
+
+    def lr_finder_json(self) -> dict[str, Any] | None:
+        """lr_finder.json, when the range test chose the run's LRs."""
+        path = self._file("lr_finder.json")
+        return read_json(path) if path else None

@@ -1,45 +1,49 @@
-"""Training: ``train_one_epoch``, ``evaluate`` and ``fit(config) -> History``.
+"""Training: the builders, one epoch (``train_one_epoch``), the run (``fit``), the range test.
 
-The fast path: both splits live on the training device as uint8; each batch is
-normalised and augmented there with batched ops; losses and correct counts are
-accumulated on the device and read once per epoch. Accuracy is always measured
-on the test split.
+``fit(config)`` reads as its steps: set up (device, data, model, optimizer, in a fixed
+order so a seed means the same run), resolve the LRs (the range test, or the given
+ones), wrap the model (DDP, torch.compile), restore a checkpoint when resuming, run
+the epochs, summarise. Batches come from ``splits``, evaluation from ``evaluation``,
+checkpoint and record fields from ``records``, signals and random streams from
+``lifecycle``; this module prints nothing itself: what a caller sees goes through
+``Callbacks`` (``fit(progress=True)`` shows tqdm bars and an epoch line).
 
 Robustness: a checkpoint is written atomically after every epoch; SIGINT/SIGTERM
-finish the current step, write a checkpoint holding the position inside the
-epoch, and raise ``TrainingInterrupted``; ``fit(..., resume=state)`` continues
-from any such checkpoint and, on the CPU with a seed, ends bit for bit where an
-uninterrupted run ends. A NaN or infinite loss stops the run with the step and
-LR named, keeping the last good checkpoint.
+finish the current step, write a checkpoint holding the position inside the epoch,
+and raise ``TrainingInterrupted``; ``fit(..., resume=state)`` continues from any
+such checkpoint and, on the CPU with a seed, ends bit for bit where an unbroken run
+ends. A NaN or infinite loss stops the run with the step and LR named, keeping the
+last good checkpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .augment import augment, normalize
-from .checkpoint import CHECKPOINT_FORMAT, config_from_checkpoint
-from .config import TrainConfig
+from .checkpoint import config_from_checkpoint, train_state
+from .config import RESUME_OVERRIDES, TrainConfig
 from .custom_resnet import CustomResNet, count_parameters
-from .data import Cifar10, channel_stats, load_cifar10
-from .distributed import SINGLE_PROCESS, Dist, from_env, per_rank_batch, shard
-from .errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
-from .lr_finder import LRFinderResult, find_lr, preserved_state
+from .data import Cifar10, load_cifar10
+from .distributed import SINGLE_PROCESS, Dist, from_env, per_rank_batch
+from .errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from .evaluation import evaluate
+from .lifecycle import capture_rng, check_resumable, restore_rng, stop_on_signals
+from .lr_finder import LRFinderResult, find_lr, preserved_state, with_spread
 from .profiling import PhaseTimer, no_lap
+from .records import EpochMetrics, RunSummary, TrainState
 from .run_folder import RunFolder
 from .runtime import Runtime, keep_freed_memory, resolve_runtime
 from .schedule import one_cycle_scheduler
+from .splits import Split, prepare_splits, steps_per_epoch, train_batches
 
 # How often (in steps) a CUDA run reads back its loss to look for NaN/inf and, when
 # distributed, agrees on a stop request; on the CPU every step is checked (no sync cost).
@@ -50,38 +54,45 @@ _CUDA_CHECK_EVERY = 16
 class History:
     """What a run produced: per-epoch metrics, the LR of every step, final figures, the model."""
 
-    config: TrainConfig  # resolved: max_lr and min_lr filled in
-    epochs: list[dict[str, Any]] = field(default_factory=list)
+    config: TrainConfig  # resolved: max_lr, min_lr and precision filled in
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # EpochMetrics dicts
     step_lrs: list[float] = field(default_factory=list)
-    final: dict[str, Any] = field(default_factory=dict)
+    final: dict[str, Any] = field(default_factory=dict)  # RunSummary dict
     lr_finder: LRFinderResult | None = None  # when the range test chose the LRs
-    model: nn.Module | None = None
+    model: nn.Module | None = None  # the evaluated weights (the EMA's, with --ema-decay)
 
 
-@dataclass(frozen=True)
-class TrainData:
-    """A split's images (uint8, on the training device) with labels and normalisation."""
-
-    images: torch.Tensor  # (N, 3, 32, 32) uint8
-    labels: torch.Tensor  # (N,) int64
-    mean: torch.Tensor  # (3,) in [0, 1] units, from the training split
-    std: torch.Tensor  # (3,)
+# ---------------------------------------------------------------------------------------------
+# Builders: what a config describes
 
 
 def build_model(config: TrainConfig, num_classes: int = 10) -> CustomResNet:
     """The network a config describes (not yet moved to a device)."""
-    return CustomResNet(num_classes, width=config.width, norm=config.norm, dropout=config.dropout)
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig, runtime: Runtime) -> torch.optim.Adam:
-    """Adam, fused on CUDA (one kernel for all parameters), foreach elsewhere."""
-    fused = runtime.device.type == "cuda"
-    return torch.optim.Adam(
-        model.parameters(),
-        lr=config.max_lr or 1e-3,
-        weight_decay=config.weight_decay,
-        fused=fused or None,
+    return CustomResNet(
+        num_classes,
+        width=config.width,
+        norm=config.norm,
+        dropout=config.dropout,
+        head_bias=config.head_bias,
+        logit_scale=config.logit_scale,
     )
+
+
+def build_optimizer(
+    model: nn.Module, config: TrainConfig, runtime: Runtime
+) -> torch.optim.Optimizer:
+    """Adam (coupled L2), AdamW (decoupled) or SGD with Nesterov momentum, as ``config`` says.
+
+    Fused (one kernel for all parameters) on CUDA, torch's default (foreach) elsewhere.
+    """
+    fused = (runtime.device.type == "cuda") or None
+    params, lr, wd = model.parameters(), config.max_lr or 1e-3, config.weight_decay
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=wd, fused=fused
+        )
+    adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return adam(params, lr=lr, weight_decay=wd, fused=fused)
 
 
 def build_scheduler(
@@ -98,43 +109,13 @@ def build_scheduler(
     )
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Optimizer steps in one epoch (the last batch may be smaller)."""
-    return math.ceil(n_train / batch_size)
+def build_criterion(config: TrainConfig) -> nn.Module:
+    """The training loss: cross-entropy with the config's label smoothing (mean over the batch)."""
+    return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
 
-def train_batches(
-    split: TrainData,
-    config: TrainConfig,
-    runtime: Runtime,
-    generator: torch.Generator,
-    *,
-    order: torch.Tensor | None = None,
-    start_step: int = 0,
-    dist: Dist = SINGLE_PROCESS,
-    aug_generator: torch.Generator | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled, normalised, augmented batches ``(x (B,3,32,32), y (B,))``.
-
-    ``order`` (a permutation drawn from ``generator`` when not given) and
-    ``start_step`` let an interrupted epoch continue where it stopped. With
-    ``dist``, each rank gets its shard of every global batch.
-    """
-    n = split.images.shape[0]
-    if order is None:
-        order = torch.randperm(n, generator=generator, device=split.images.device)
-    aug_generator = aug_generator or generator
-    for start in range(start_step * config.batch_size, n, config.batch_size):
-        idx = shard(order[start : start + config.batch_size], dist.rank, dist.world)
-        x = normalize(split.images[idx], split.mean, split.std)
-        x = augment(
-            x,
-            padding=config.crop_padding,
-            cutout=config.cutout_size,
-            flip_prob=config.flip_prob,
-            generator=aug_generator,
-        )
-        yield runtime.layout(x), split.labels[idx]
+# ---------------------------------------------------------------------------------------------
+# One epoch
 
 
 @dataclass
@@ -162,75 +143,96 @@ class EpochState:
     @classmethod
     def from_dict(cls, d: dict[str, Any], device: torch.device) -> EpochState:
         """Inverse of ``to_dict``."""
+        order = d["order"].to(device)
         return cls(
-            d["order"].to(device),
-            d["step"],
-            list(d["step_sums"]),
-            d["correct"],
-            list(d["lrs"]),
-            d["seconds"],
+            order, d["step"], list(d["step_sums"]), d["correct"], list(d["lrs"]), d["seconds"]
         )
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """A finished epoch's training figures."""
+
+    loss: float  # mean training loss over the epoch's images
+    acc: float  # fraction of training images classified right (augmented, train mode)
+    seconds: float
+    lrs: list[float]  # the LR of every step
+
+
+class EpochInterrupted(Exception):
+    """A stop request ended an epoch early; ``state`` says where, for the checkpoint."""
+
+    def __init__(self, state: EpochState) -> None:
+        super().__init__(f"stopped after step {state.step}")
+        self.state = state
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """What a caller sees of training; the library itself prints nothing."""
+
+    progress: bool = False  # tqdm bars: data loading, range test, each epoch's steps
+    on_epoch: Callable[[EpochMetrics, int], None] | None = None  # (metrics, epochs in total)
+    timer: PhaseTimer | None = None  # seconds per phase of every step (see ``profiling``)
+
+
+def epoch_line(m: EpochMetrics, epochs: int) -> str:
+    """The one-line log of an epoch."""
+    tta = f" (TTA {m.test_acc_tta:.2%})" if m.test_acc_tta is not None else ""
+    return (
+        f"epoch {m.epoch:>3}/{epochs}  lr {m.lr:.3e}  "
+        f"train loss {m.train_loss:.4f} acc {m.train_acc:.2%}  "
+        f"test loss {m.test_loss:.4f} acc {m.test_acc:.2%}{tta}  {m.seconds:.1f} s"
+    )
+
+
+def console(progress: bool = True) -> Callbacks:
+    """Callbacks for a terminal or notebook: progress bars and the epoch line (via tqdm)."""
+    if not progress:
+        return Callbacks()
+    return Callbacks(progress=True, on_epoch=lambda m, epochs: tqdm.write(epoch_line(m, epochs)))
 
 
 def train_one_epoch(
     model: nn.Module,
+    criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    split: TrainData,
-    config: TrainConfig,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     runtime: Runtime,
-    generator: torch.Generator,
     *,
-    state: EpochState | None = None,
-    stop: Callable[[], bool] | None = None,
+    state: EpochState,
+    n_images: int,
+    config: TrainConfig,
     dist: Dist = SINGLE_PROCESS,
-    aug_generator: torch.Generator | None = None,
+    stop: Callable[[], bool] | None = None,
+    after_step: Callable[[], None] | None = None,
+    callbacks: Callbacks = Callbacks(),  # noqa: B008 (frozen: safe to share)
     desc: str = "train",
-    progress: bool = True,
-    timer: PhaseTimer | None = None,
-) -> dict[str, Any]:
-    """One pass over the training split; returns loss, accuracy, seconds and the LR of each step.
+) -> EpochResult:
+    """Train on ``batches`` (the rest of the epoch ``state`` describes); return its figures.
 
-    Returns early, with ``"stopped": EpochState``, after the first step at which
-    ``stop()`` is true. Raises ``TrainingDiverged`` on a NaN or infinite loss.
-    ``timer`` collects the time of each phase of the step (see ``profiling``).
+    ``n_images`` is the epoch's size over all ranks. Raises ``EpochInterrupted`` after
+    the first step at which ``stop()`` is true, ``TrainingDiverged`` on a NaN or
+    infinite loss. ``after_step`` runs after every optimizer step (the EMA of weights).
     """
     model.train()
-    n = split.images.shape[0]
-    if state is None:
-        state = EpochState(torch.randperm(n, generator=generator, device=split.images.device))
-    criterion = nn.CrossEntropyLoss()
     dev = runtime.device
     step_sums: list[torch.Tensor] = []  # loss x batch size per step, summed once at the end
     correct = torch.zeros((), device=dev, dtype=torch.long)
     pending: list[torch.Tensor] = []  # per-step losses not yet checked for NaN/inf
-    total = steps_per_epoch(n, config.batch_size)
+    total = steps_per_epoch(n_images, config.batch_size)
     check_every = 1 if dev.type == "cpu" else _CUDA_CHECK_EVERY
+    timer = callbacks.timer
+    lap = no_lap if timer is None else timer.lap
+    bar = tqdm(total=total, initial=state.step, desc=desc, leave=False, unit="step",
+               disable=not (callbacks.progress and dist.is_main))  # fmt: skip
     runtime.synchronize()
     t0 = time.perf_counter()
-    bar = tqdm(
-        total=total,
-        initial=state.step,
-        desc=desc,
-        leave=False,
-        disable=not (progress and dist.is_main),
-        unit="step",
-    )
-    batches = train_batches(
-        split,
-        config,
-        runtime,
-        generator,
-        order=state.order,
-        start_step=state.step,
-        dist=dist,
-        aug_generator=aug_generator,
-    )
-    stopped = False
-    lap = no_lap if timer is None else timer.lap
     if timer is not None:
         timer.mark()
-    for step, (x, y) in enumerate(batches, start=state.step):
+    stopped = False
+    for x, y in batches:
         lap("augmentation")  # the batch generator's work: gather, normalise, augment
         state.lrs.append(optimizer.param_groups[0]["lr"])
         with runtime.autocast():
@@ -242,20 +244,22 @@ def train_one_epoch(
         lap("backward")
         optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         lap("optimizer")
         loss = loss.detach().float()
         pending.append(loss)
         step_sums.append(loss.double() * y.shape[0])
         correct += (logits.detach().argmax(1) == y).sum()
         bar.update()
-        state.step = step + 1
+        state.step += 1
         if state.step % check_every == 0 or state.step == total:
             _check_finite(pending, state.step - len(pending), state.lrs, config)
             pending.clear()
-            if stop is not None and dist.any(stop(), dev):
-                stopped = True
-                break
+            stopped = stop is not None and dist.any(stop(), dev)
         lap("bookkeeping")
+        if stopped:
+            break
     bar.close()
     runtime.synchronize()
     state.seconds += time.perf_counter() - t0
@@ -263,16 +267,16 @@ def train_one_epoch(
         state.step_sums += torch.stack(step_sums).cpu().tolist()
     state.correct += int(correct.item())
     if stopped and state.step < total:
-        return {"stopped": state}
+        raise EpochInterrupted(state)
     # One sum over all steps in order, so a resumed epoch adds up exactly as an unbroken one.
     loss_total = torch.tensor(state.step_sums, dtype=torch.float64, device=dev).sum()
     correct_total = torch.tensor(state.correct, device=dev)
-    return {
-        "loss": dist.all_sum(loss_total).item() / n,
-        "acc": int(dist.all_sum(correct_total).item()) / n,
-        "seconds": state.seconds,
-        "lrs": state.lrs,
-    }
+    return EpochResult(
+        loss=dist.all_sum(loss_total).item() / n_images,
+        acc=int(dist.all_sum(correct_total).item()) / n_images,
+        seconds=state.seconds,
+        lrs=state.lrs,
+    )
 
 
 def _check_finite(
@@ -292,115 +296,25 @@ def _check_finite(
         )
 
 
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module,
-    images: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    runtime: Runtime,
-    *,
-    batch_size: int = 1024,
-) -> torch.Tensor:
-    """Logits (N, num_classes), float32 on the CPU, of uint8 images (N, 3, 32, 32) in eval mode.
-
-    The images are only normalised (never augmented); the model's training flag is
-    restored afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    dev = runtime.device
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start : start + batch_size].to(dev)
-        x = runtime.layout(normalize(batch, mean.to(dev), std.to(dev)))
-        with runtime.autocast():
-            out.append(model(x).float().cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, 0)
+# ---------------------------------------------------------------------------------------------
+# Setting up, and the LR range test on its own
 
 
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    split: TrainData,
-    runtime: Runtime,
-    *,
-    batch_size: int = 1024,
-    dist: Dist = SINGLE_PROCESS,
-) -> dict[str, Any]:
-    """Loss and accuracy over a whole split, un-augmented, in eval mode (training flag restored).
+class Setup(NamedTuple):
+    """Everything a run needs before its first step."""
 
-    With ``dist``, each rank evaluates every ``world``-th batch and the sums are combined.
-    """
-    was_training = model.training
-    model.eval()
-    criterion = nn.CrossEntropyLoss(reduction="sum")
-    loss_sum = torch.zeros((), device=runtime.device, dtype=torch.float64)
-    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
-    n = split.images.shape[0]
-    starts = range(0, n, batch_size)[dist.rank :: dist.world]
-    for start in starts:
-        images = split.images[start : start + batch_size]
-        x = runtime.layout(normalize(images, split.mean, split.std))
-        y = split.labels[start : start + batch_size]
-        with runtime.autocast():
-            logits = model(x)
-        loss_sum += criterion(logits.float(), y).double()
-        correct += (logits.argmax(1) == y).sum()
-    model.train(was_training)
-    loss_sum, correct = dist.all_sum(loss_sum), dist.all_sum(correct)
-    return {"loss": loss_sum.item() / n, "acc": correct.item() / n, "n": n}
-
-
-def prepare_splits(
-    data: Cifar10, config: TrainConfig, runtime: Runtime
-) -> tuple[TrainData, TrainData]:
-    """Limit, move to the device and attach the training split's mean/std to both splits."""
-    train_x, train_y = data.train_images, data.train_labels
-    test_x, test_y = data.test_images, data.test_labels
-    if config.limit_train is not None:
-        train_x, train_y = train_x[: config.limit_train], train_y[: config.limit_train]
-    if config.limit_test is not None:
-        test_x, test_y = test_x[: config.limit_test], test_y[: config.limit_test]
-    mean, std = channel_stats(train_x)
-    dev = runtime.device
-    mean, std = mean.to(dev), std.to(dev)
-    return (
-        TrainData(train_x.to(dev), train_y.to(dev), mean, std),
-        TrainData(test_x.to(dev), test_y.to(dev), mean, std),
-    )
-
-
-def find_training_lr(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    train: TrainData,
-    config: TrainConfig,
-    runtime: Runtime,
-    generator: torch.Generator,
-    progress: bool = True,
-) -> LRFinderResult:
-    """The LR range test with the training step's data path, batch size and precision."""
-    return find_lr(
-        model,
-        optimizer,
-        nn.CrossEntropyLoss(),
-        lambda: train_batches(train, config, runtime, generator),
-        start_lr=config.finder_start_lr,
-        end_lr=config.finder_end_lr,
-        num_iter=config.finder_num_iter,
-        rule=config.finder_rule,
-        min_lr_divisor=config.min_lr_divisor,
-        runtime=runtime,
-        generators=(generator,),
-        progress=progress,
-    )
+    runtime: Runtime
+    data: Cifar10
+    train: Split
+    test: Split
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # the data order (and, in one process, the augmentation)
 
 
 def setup_training(
     config: TrainConfig, data: Cifar10 | None, progress: bool, dist: Dist = SINGLE_PROCESS
-) -> tuple[Runtime, Cifar10, TrainData, TrainData, nn.Module, torch.optim.Adam, torch.Generator]:
+) -> Setup:
     """Everything a run needs before its first step, in a fixed order (so seeds mean the same).
 
     On the CPU this also keeps freed memory for reuse, process-wide (``keep_freed_memory``).
@@ -419,62 +333,102 @@ def setup_training(
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config, runtime)
     generator = torch.Generator(device=runtime.device).manual_seed(config.seed)
-    return runtime, data, train, test, model, optimizer, generator
+    return Setup(runtime, data, train, test, model, optimizer, generator)
+
+
+def find_training_lr(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: Split,
+    config: TrainConfig,
+    runtime: Runtime,
+    generator: torch.Generator,
+    progress: bool = True,
+) -> LRFinderResult:
+    """The LR range test with the training step's data path, batch size, loss and precision."""
+    return find_lr(
+        model,
+        optimizer,
+        build_criterion(config),
+        lambda: train_batches(train, config, runtime, generator),
+        start_lr=config.finder_start_lr,
+        end_lr=config.finder_end_lr,
+        num_iter=config.finder_num_iter,
+        rule=config.finder_rule,
+        min_lr_divisor=config.min_lr_divisor,
+        runtime=runtime,
+        generators=(generator,),
+        progress=progress,
+    )
 
 
 def lr_range_test(
     config: TrainConfig, data: Cifar10 | None = None, *, progress: bool = True
 ) -> LRFinderResult:
     """The LR range test that ``fit`` would run for ``config``, on its own."""
-    runtime, data, train, _, model, optimizer, generator = setup_training(config, data, progress)
-    return find_training_lr(model, optimizer, train, config, runtime, generator, progress)
+    s = setup_training(config, data, progress)
+    return find_training_lr(s.model, s.optimizer, s.train, config, s.runtime, s.generator, progress)
 
 
-def _rng_state(generator: torch.Generator, aug_generator: torch.Generator | None) -> dict:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-    if aug_generator is not None:
-        state["aug_generator"] = aug_generator.get_state()
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def lr_range_test_seeds(
+    config: TrainConfig, data: Cifar10 | None = None, seeds: int = 3, *, progress: bool = True
+) -> LRFinderResult:
+    """The range test of ``config`` with its spread: the test once for each of ``seeds`` seeds.
 
-
-def _set_rng_state(
-    state: dict[str, Any], generator: torch.Generator, aug_generator: torch.Generator | None
-) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    if aug_generator is not None and "aug_generator" in state:
-        aug_generator.set_state(state["aug_generator"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextlib.contextmanager
-def _stop_on_signals(enabled: bool) -> Iterator[list[int]]:
-    """Turn the first SIGINT/SIGTERM into a stop request; a second one acts at once.
-
-    Yields the list of signals received; the previous handlers are restored on exit.
+    The result is the first seed's (``config.seed``: the choice ``fit`` makes), with
+    every seed's LRMAX and their spread (largest / smallest) in ``spread``.
     """
-    received: list[int] = []
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.getsignal(s) for s in signals}
+    if data is None:
+        data = load_cifar10(config.data_dir, config.cache_dir, progress=progress)
+    results = []
+    for i in range(seeds):
+        if progress and seeds > 1:
+            tqdm.write(f"LR range test, seed {config.seed + i} ({i + 1} of {seeds})")
+        results.append(lr_range_test(config.replace(seed=config.seed + i), data, progress=progress))
+    if seeds == 1:
+        return results[0]
+    return with_spread(results[0], [config.seed + i for i in range(seeds)], results[1:])
 
-    def handler(signum: int, frame: Any) -> None:
-        received.append(signum)
-        for s in signals:  # a second signal interrupts immediately
-            signal.signal(s, previous[s] if previous[s] is not None else signal.SIG_DFL)
 
-    for s in signals:
-        signal.signal(s, handler)
-    try:
-        yield received
-    finally:
-        for s in signals:
-            signal.signal(s, previous[s] if previous[s] is not None else signal.SIG_DFL)
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class _Run:
+    """A run in progress: what ``fit``'s steps share."""
+
+    config: TrainConfig
+    setup: Setup
+    dist: Dist
+    history: History
+    criterion: nn.Module
+    aug_generator: torch.Generator | None  # per-rank augmentation stream when distributed
+    lr_source: str = "given"
+    net: nn.Module | None = None  # what trains: the model, or its DDP / compiled wrapper
+    compile_seconds: float | None = None
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+    ema: AveragedModel | None = None
+    first_epoch: int = 1
+    epoch_state: EpochState | None = None
+    train_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    @property
+    def model(self) -> nn.Module:
+        """The plain module (unwrapped): what is saved."""
+        return self.setup.model
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights evaluated, reported and used afterwards: the EMA's when there is one."""
+        return self.model if self.ema is None else self.ema.module
+
+
+def resumed_config(state: TrainState | dict[str, Any], given: TrainConfig) -> TrainConfig:
+    """A checkpoint's config, with the fields a resumed run may change taken from ``given``."""
+    saved = config_from_checkpoint(state)
+    return saved.replace(**{name: getattr(given, name) for name in RESUME_OVERRIDES})
 
 
 def fit(
@@ -483,24 +437,26 @@ def fit(
     *,
     run: RunFolder | None = None,
     progress: bool = True,
-    resume: dict[str, Any] | None = None,
+    resume: TrainState | dict[str, Any] | None = None,
+    callbacks: Callbacks | None = None,
 ) -> History:
     """Train a CustomResNet as ``config`` says; evaluate on the test split after every epoch.
 
     With ``run``, writes config.json, metrics.jsonl, checkpoints/last.pt (every
     epoch, and on SIGINT/SIGTERM) and final.json there. Without ``max_lr`` the LR
-    range test picks LRMAX and LRMIN first. ``resume`` is a checkpoint dict
+    range test picks LRMAX and LRMIN first. ``resume`` is a checkpoint
     (``checkpoint.load_checkpoint``): training continues from it with its config.
-    Under torchrun, trains data-parallel (see ``distributed``).
+    ``callbacks`` (default ``console(progress)``) is what the caller sees. Under
+    torchrun, trains data-parallel (see ``distributed``).
     """
-    if resume is not None:
-        config = config_from_checkpoint(resume).replace(
-            data_dir=config.data_dir, cache_dir=config.cache_dir, device=config.device
-        )
+    state = None if resume is None else train_state(resume)
+    if state is not None:
+        config = resumed_config(state, config)
+    callbacks = console(progress) if callbacks is None else callbacks
     joined = torch.distributed.is_available() and torch.distributed.is_initialized()
     dist = from_env(resolve_runtime(config.device).device.type)
     try:
-        return _fit(config, data, run, progress, resume, dist)
+        return _fit(config, data, run, callbacks, state, dist)
     finally:
         if dist.enabled and not joined:  # leave the process group as we found it
             torch.distributed.destroy_process_group()
@@ -509,247 +465,265 @@ def fit(
 def _fit(
     config: TrainConfig,
     data: Cifar10 | None,
-    run: RunFolder | None,
-    progress: bool,
-    resume: dict[str, Any] | None,
+    folder: RunFolder | None,
+    callbacks: Callbacks,
+    resume: TrainState | None,
     dist: Dist,
 ) -> History:
     per_rank_batch(config.batch_size, dist.world)
     if not dist.is_main:
-        run, progress = None, False
-    runtime, data, train, test, model, optimizer, generator = setup_training(
-        config, data, progress, dist
-    )
-    config = config.replace(precision=runtime.precision)  # record what "auto" chose
+        folder, callbacks = None, Callbacks()
+    r = _set_up(config, data, dist, callbacks)
     if resume is not None:
-        _check_resumable(resume, data, train)
+        check_resumable(resume, r.setup.data, r.setup.train)
+    _resolve_lrs(r, resume, callbacks)
+    _wrap(r)
+    _schedule(r)
+    if resume is not None:
+        _restore(r, resume)
+    if folder is not None:
+        _write_start(folder, r, resume)
+    _run_epochs(r, folder, callbacks)
+    return _summarise(r, folder, resumed=resume is not None)
+
+
+def _set_up(config: TrainConfig, data: Cifar10 | None, dist: Dist, callbacks: Callbacks) -> _Run:
+    setup = setup_training(config, data, callbacks.progress, dist)
+    config = config.replace(precision=setup.runtime.precision)  # record what "auto" chose
     # Ranks share the data order (``generator``) but draw their own augmentations.
     aug_generator = (
-        torch.Generator(device=runtime.device).manual_seed(config.seed + 1 + dist.rank)
+        torch.Generator(device=setup.runtime.device).manual_seed(config.seed + 1 + dist.rank)
         if dist.enabled
         else None
     )
+    history = History(config=config, model=setup.model)
+    return _Run(config, setup, dist, history, build_criterion(config), aug_generator)
 
-    history = History(config=config, model=model)
+
+def _resolve_lrs(r: _Run, resume: TrainState | None, callbacks: Callbacks) -> None:
+    """LRMAX and LRMIN: saved (resume), found by the range test, or given."""
+    config, s = r.config, r.setup
     if resume is not None:
-        lr_source = resume.get("lr_source", "given")
+        r.lr_source = resume.lr_source
         max_lr, min_lr = config.max_lr, config.min_lr
     elif config.max_lr is None:
-        result = find_training_lr(model, optimizer, train, config, runtime, generator, progress)
-        history.lr_finder = result
-        max_lr, min_lr = dist.broadcast_floats([result.max_lr, result.min_lr], runtime.device)
-        lr_source = "found"
+        result = find_training_lr(
+            s.model, s.optimizer, s.train, config, s.runtime, s.generator, callbacks.progress
+        )
+        r.history.lr_finder = result
+        max_lr, min_lr = r.dist.broadcast_floats([result.max_lr, result.min_lr], s.runtime.device)
+        r.lr_source = "found"
         if config.min_lr is not None:
             min_lr = min(config.min_lr, max_lr)
     else:
-        lr_source = "given"
         max_lr = config.max_lr
         min_lr = config.min_lr if config.min_lr is not None else max_lr / config.min_lr_divisor
     if min_lr > max_lr:
         raise ConfigError(f"--min-lr ({min_lr}) must not exceed the peak LR ({max_lr})")
-    config = config.replace(max_lr=max_lr, min_lr=min_lr)
-    history.config = config
+    r.config = r.history.config = config.replace(max_lr=max_lr, min_lr=min_lr)
 
-    if dist.enabled:
-        if config.sync_bn:
+
+def _wrap(r: _Run) -> None:
+    """DDP around the model when distributed; torch.compile when asked (timed on its own)."""
+    model, runtime = r.model, r.setup.runtime
+    if r.dist.enabled:
+        if r.config.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        r.net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     else:
-        ddp = model
-    compile_seconds = None
-    if config.compile:
-        ddp, compile_seconds = _compiled(
-            ddp, model, optimizer, train, config, runtime, generator, aug_generator, dist
-        )
-    scheduler = build_scheduler(optimizer, config, train.images.shape[0])
-    first_epoch, epoch_state, train_seconds = 1, None, 0.0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        ranks = resume.get("rng_ranks") or [resume["rng"]]
-        if len(ranks) == dist.world:  # each rank continues its own random streams
-            _set_rng_state(ranks[dist.rank], generator, aug_generator)
-        else:  # another number of processes: shared streams from rank 0, fresh augmentation
-            _set_rng_state(resume["rng"], generator, aug_generator if dist.is_main else None)
-        history.epochs = list(resume["metrics"])
-        history.step_lrs = list(resume["step_lrs"])
-        first_epoch = resume["epoch"] + 1
-        train_seconds = resume.get("train_seconds", 0.0)
-        if resume.get("epoch_state") is not None:
-            epoch_state = EpochState.from_dict(resume["epoch_state"], runtime.device)
-    params = count_parameters(model)
-    if run is not None:
-        run.write_json("config.json", {**config.to_dict(), "lr_source": lr_source})
-        if history.lr_finder is not None:
-            run.write_json("lr_finder.json", history.lr_finder.to_dict())
-        if resume is not None:
-            run.rewrite_metrics(history.epochs)
-
-    def checkpoint(epoch: int, state: EpochState | None, rngs: list[dict]) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "epoch_state": None if state is None else state.to_dict(),
-            "config": config.to_dict(),
-            "lr_source": lr_source,
-            "classes": list(data.classes),
-            "mean": train.mean.cpu(),
-            "std": train.std.cpu(),
-            "metrics": history.epochs,
-            "step_lrs": history.step_lrs,
-            "train_seconds": train_seconds,
-            "rng": rngs[0],
-            "rng_ranks": rngs if dist.enabled else None,
-        }
-
-    t_start = time.perf_counter()
-    with _stop_on_signals(run is not None or dist.enabled) as received:
-        for epoch in range(first_epoch, config.epochs + 1):
-            tr = train_one_epoch(
-                ddp,
-                optimizer,
-                scheduler,
-                train,
-                config,
-                runtime,
-                generator,
-                state=epoch_state,
-                stop=lambda: bool(received),
-                dist=dist,
-                aug_generator=aug_generator,
-                desc=f"epoch {epoch}/{config.epochs}",
-                progress=progress,
-            )
-            epoch_state = None
-            if "stopped" in tr:
-                rngs = dist.gather_objects(_rng_state(generator, aug_generator))
-                if run is not None:
-                    run.save_checkpoint(checkpoint(epoch - 1, tr["stopped"], rngs))
-                raise TrainingInterrupted(
-                    received[0] if received else signal.SIGTERM, epoch, tr["stopped"].step
-                )
-            # Evaluate the plain module (DDP's forward would expect every rank to join), with
-            # rank 0's BatchNorm statistics everywhere: the reported accuracy is the saved model's.
-            dist.broadcast_buffers(model)
-            ev = evaluate(model, test, runtime, batch_size=config.eval_batch_size, dist=dist)
-            train_seconds += tr["seconds"]
-            history.step_lrs += tr["lrs"]
-            metrics = {
-                "epoch": epoch,
-                "lr": tr["lrs"][-1],
-                "train_loss": tr["loss"],
-                "train_acc": tr["acc"],
-                "test_loss": ev["loss"],
-                "test_acc": ev["acc"],
-                "seconds": tr["seconds"],
-            }
-            history.epochs.append(metrics)
-            if progress:
-                tqdm.write(
-                    f"epoch {epoch:>3}/{config.epochs}  lr {metrics['lr']:.3e}  "
-                    f"train loss {tr['loss']:.4f} acc {tr['acc']:.2%}  "
-                    f"test loss {ev['loss']:.4f} acc {ev['acc']:.2%}  {tr['seconds']:.1f} s"
-                )
-            rngs = dist.gather_objects(_rng_state(generator, aug_generator))
-            if run is not None:  # checkpoint first: resuming rewrites metrics from it
-                run.save_checkpoint(checkpoint(epoch, None, rngs))
-                run.log_epoch(metrics)
-            if received and epoch < config.epochs:
-                raise TrainingInterrupted(received[0], epoch + 1, 0)
-
-    last = history.epochs[-1]
-    n_train = train.images.shape[0]
-    history.final = {
-        "test_acc": last["test_acc"],
-        "test_loss": last["test_loss"],
-        "train_acc": last["train_acc"],
-        "train_loss": last["train_loss"],
-        "epochs": config.epochs,
-        "train_seconds": train_seconds,
-        "total_seconds": time.perf_counter() - t_start,
-        "images_per_second": n_train * config.epochs / train_seconds,
-        "train_images": n_train,
-        "test_images": test.images.shape[0],
-        "device": runtime.describe(),
-        "precision": runtime.precision,
-        "processes": dist.world,
-        "compile_seconds": compile_seconds,
-        "torch": torch.__version__,
-        "params": params,
-        "seed": config.seed,
-        "max_lr": max_lr,
-        "min_lr": min_lr,
-        "lr_source": lr_source,
-        "resumed": resume is not None,
-        "batch_size": config.batch_size,
-        "width": config.width,
-        "norm": config.norm,
-        "data": data.source,
-        "mean": train.mean.tolist(),
-        "std": train.std.tolist(),
-        "classes": list(data.classes),
-    }
-    if run is not None:
-        run.write_json("final.json", history.final)
-    return history
+        r.net = model
+    if r.config.compile:
+        r.net, r.compile_seconds = _compiled(r)
 
 
-def _compiled(
-    net: nn.Module,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    train: TrainData,
-    config: TrainConfig,
-    runtime: Runtime,
-    generator: torch.Generator,
-    aug_generator: torch.Generator | None,
-    dist: Dist,
-) -> tuple[nn.Module, float]:
-    """``torch.compile(net)``, compiled before training so its time is measured on its own.
+def _compiled(r: _Run) -> tuple[nn.Module, float]:
+    """``torch.compile(r.net)``, compiled before training so its time is measured on its own.
 
     One forward and backward pass on a full batch and on the epoch's smaller last batch
     (the two shapes training meets) trigger the compilation; weights, BatchNorm statistics,
     optimizer and RNG states are then restored, so training starts exactly as without it.
     """
-    compiled = torch.compile(net)
-    gens = (generator,) if aug_generator is None else (generator, aug_generator)
+    s, config, dist = r.setup, r.config, r.dist
+    compiled = torch.compile(r.net)
+    gens = (s.generator,) if r.aug_generator is None else (s.generator, r.aug_generator)
     n_rank = config.batch_size // dist.world
-    last = train.images.shape[0] % config.batch_size // dist.world
-    runtime.synchronize()
+    last = len(s.train) % config.batch_size // dist.world
+    s.runtime.synchronize()
     t0 = time.perf_counter()
-    with preserved_state(model, optimizer, gens):
+    with preserved_state(s.model, s.optimizer, gens):
         x, y = next(
-            train_batches(train, config, runtime, generator, dist=dist, aug_generator=aug_generator)
+            train_batches(
+                s.train, config, s.runtime, s.generator, dist=dist, aug_generator=r.aug_generator
+            )
         )
         for size in {min(n_rank, len(y)), last} - {0}:
-            with runtime.autocast():
-                loss = nn.functional.cross_entropy(compiled(x[:size]), y[:size])
+            with s.runtime.autocast():
+                loss = r.criterion(compiled(x[:size]), y[:size])
             loss.backward()
-        optimizer.zero_grad(set_to_none=True)
-    runtime.synchronize()
+        s.optimizer.zero_grad(set_to_none=True)
+    s.runtime.synchronize()
     return compiled, time.perf_counter() - t0
 
 
-def _check_resumable(state: dict[str, Any], data: Cifar10, train: TrainData) -> None:
-    """The data must be the data the checkpoint was trained on."""
-    if list(state["classes"]) != list(data.classes):
-        raise CheckpointError(
-            "the data's classes differ from the checkpoint's; pass the --data-dir it was trained on"
-        )
-    if (
-        not torch.allclose(state["mean"], train.mean.cpu())
-        or "epoch_state" in state
-        and (
-            state["epoch_state"] is not None
-            and len(state["epoch_state"]["order"]) != train.images.shape[0]
-        )
-    ):
-        raise CheckpointError(
-            "the training images differ from the checkpoint's; "
-            "pass the --data-dir it was trained on"
-        )
+def _schedule(r: _Run) -> None:
+    """The One Cycle scheduler and, with ``ema_decay``, the EMA of the weights."""
+    r.scheduler = build_scheduler(r.setup.optimizer, r.config, len(r.setup.train))
+    if r.config.ema_decay > 0:
+        avg = get_ema_multi_avg_fn(r.config.ema_decay)
+        r.ema = AveragedModel(r.model, multi_avg_fn=avg, use_buffers=True)
+    r.history.model = r.evaluated
+
+
+def _restore(r: _Run, state: TrainState) -> None:
+    """Continue from a checkpoint: weights, optimizer, schedule, EMA, RNGs, records so far."""
+    s = r.setup
+    r.model.load_state_dict(state.model)
+    s.optimizer.load_state_dict(state.optimizer)
+    r.scheduler.load_state_dict(state.scheduler)
+    if r.ema is not None:
+        r.ema.load_state_dict(state.ema)
+    ranks = state.rng_ranks or [state.rng]
+    if len(ranks) == r.dist.world:  # each rank continues its own random streams
+        restore_rng(ranks[r.dist.rank], s.generator, r.aug_generator)
+    else:  # another number of processes: shared streams from rank 0, fresh augmentation
+        restore_rng(state.rng, s.generator, r.aug_generator if r.dist.is_main else None)
+    r.history.epochs = list(state.metrics)
+    r.history.step_lrs = list(state.step_lrs)
+    r.first_epoch = state.epoch + 1
+    r.train_seconds = state.train_seconds
+    if state.epoch_state is not None:
+        r.epoch_state = EpochState.from_dict(state.epoch_state, s.runtime.device)
+
+
+def _write_start(folder: RunFolder, r: _Run, resume: TrainState | None) -> None:
+    """config.json, the range test's curve, and (resuming) the metrics up to the checkpoint."""
+    folder.write_json("config.json", {**r.config.to_dict(), "lr_source": r.lr_source})
+    if r.history.lr_finder is not None:
+        folder.write_json("lr_finder.json", r.history.lr_finder.to_dict())
+    if resume is not None:
+        folder.rewrite_metrics(r.history.epochs)
+
+
+def _train_state(r: _Run, epoch: int, state: EpochState | None) -> TrainState:
+    """The checkpoint of the run as it stands after ``epoch`` epochs (and ``state``'s steps)."""
+    s = r.setup
+    rngs = r.dist.gather_objects(capture_rng(s.generator, r.aug_generator))
+    return TrainState(
+        model=r.model.state_dict(),
+        config=r.config.to_dict(),
+        classes=list(s.data.classes),
+        mean=s.train.mean.cpu(),
+        std=s.train.std.cpu(),
+        epoch=epoch,
+        optimizer=s.optimizer.state_dict(),
+        scheduler=r.scheduler.state_dict(),
+        epoch_state=None if state is None else state.to_dict(),
+        lr_source=r.lr_source,
+        metrics=r.history.epochs,
+        step_lrs=r.history.step_lrs,
+        train_seconds=r.train_seconds,
+        rng=rngs[0],
+        rng_ranks=rngs if r.dist.enabled else None,
+        ema=None if r.ema is None else r.ema.state_dict(),
+    )
+
+
+def _run_epochs(r: _Run, folder: RunFolder | None, callbacks: Callbacks) -> None:
+    """The epochs from ``r.first_epoch``: train, evaluate, record, checkpoint."""
+    config = r.config
+    t_start = time.perf_counter()
+    with stop_on_signals(folder is not None or r.dist.enabled) as received:
+        for epoch in range(r.first_epoch, config.epochs + 1):
+            try:
+                result = _train_epoch(r, epoch, lambda: bool(received), callbacks)
+            except EpochInterrupted as stop:
+                checkpoint = _train_state(r, epoch - 1, stop.state)  # every rank: a collective
+                if folder is not None:
+                    folder.save_checkpoint(checkpoint.to_dict())
+                signum = received[0] if received else signal.SIGTERM
+                raise TrainingInterrupted(signum, epoch, stop.state.step) from None
+            metrics = _evaluate_epoch(r, epoch, result)
+            if callbacks.on_epoch is not None:
+                callbacks.on_epoch(metrics, config.epochs)
+            checkpoint = _train_state(r, epoch, None)  # every rank: a collective
+            if folder is not None:  # checkpoint first: resuming rewrites metrics from it
+                folder.save_checkpoint(checkpoint.to_dict())
+                folder.log_epoch(metrics.to_dict())
+            if received and epoch < config.epochs:
+                raise TrainingInterrupted(received[0], epoch + 1, 0)
+    r.total_seconds = time.perf_counter() - t_start
+
+
+def _train_epoch(
+    r: _Run, epoch: int, stop: Callable[[], bool], callbacks: Callbacks
+) -> EpochResult:
+    s = r.setup
+    state = r.epoch_state or EpochState(
+        torch.randperm(len(s.train), generator=s.generator, device=s.runtime.device)
+    )
+    r.epoch_state = None
+    batches = train_batches(
+        s.train, r.config, s.runtime, s.generator, order=state.order, start_step=state.step,
+        dist=r.dist, aug_generator=r.aug_generator,
+    )  # fmt: skip
+    return train_one_epoch(
+        r.net, r.criterion, s.optimizer, r.scheduler, batches, s.runtime,
+        state=state, n_images=len(s.train), config=r.config, dist=r.dist, stop=stop,
+        after_step=None if r.ema is None else lambda: r.ema.update_parameters(r.model),
+        callbacks=callbacks, desc=f"epoch {epoch}/{r.config.epochs}",
+    )  # fmt: skip
+
+
+def _evaluate_epoch(r: _Run, epoch: int, result: EpochResult) -> EpochMetrics:
+    """Test-split figures of the epoch's weights; adds the epoch to the history."""
+    # Evaluate the plain module (DDP's forward would expect every rank to join), with rank
+    # 0's BatchNorm statistics everywhere: the reported accuracy is the saved model's.
+    r.dist.broadcast_buffers(r.model)
+    ev = evaluate(
+        r.evaluated, r.setup.test, r.setup.runtime,
+        batch_size=r.config.eval_batch_size, dist=r.dist, tta=r.config.tta,
+    )  # fmt: skip
+    r.train_seconds += result.seconds
+    r.history.step_lrs += result.lrs
+    metrics = EpochMetrics(
+        epoch=epoch,
+        lr=result.lrs[-1],
+        train_loss=result.loss,
+        train_acc=result.acc,
+        test_loss=ev["loss"],
+        test_acc=ev["acc"],
+        seconds=result.seconds,
+        test_loss_tta=ev.get("tta_loss"),
+        test_acc_tta=ev.get("tta_acc"),
+    )
+    r.history.epochs.append(metrics.to_dict())
+    return metrics
+
+
+def _summarise(r: _Run, folder: RunFolder | None, *, resumed: bool) -> History:
+    """final.json's figures (``RunSummary``), written to the run folder."""
+    config, s = r.config, r.setup
+    last = EpochMetrics.from_dict(r.history.epochs[-1])
+    n_train = len(s.train)
+    summary = RunSummary(
+        test_acc=last.test_acc, test_loss=last.test_loss,
+        test_acc_tta=last.test_acc_tta, test_loss_tta=last.test_loss_tta,
+        train_acc=last.train_acc, train_loss=last.train_loss,
+        epochs=config.epochs, train_seconds=r.train_seconds, total_seconds=r.total_seconds,
+        images_per_second=n_train * config.epochs / r.train_seconds,
+        train_images=n_train, test_images=len(s.test),
+        device=s.runtime.describe(), precision=s.runtime.precision, processes=r.dist.world,
+        compile_seconds=r.compile_seconds, torch=torch.__version__,
+        params=count_parameters(r.model), seed=config.seed,
+        max_lr=config.max_lr, min_lr=config.min_lr, lr_source=r.lr_source, resumed=resumed,
+        batch_size=config.batch_size, recipe=config.recipe, optimizer=config.optimizer,
+        weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
+        ema_decay=config.ema_decay, head_bias=config.head_bias, logit_scale=config.logit_scale,
+        width=config.width, norm=config.norm, data=s.data.source,
+        mean=s.train.mean.tolist(), std=s.train.std.tolist(), classes=list(s.data.classes),
+    )  # fmt: skip
+    r.history.final = summary.to_dict()
+    if folder is not None:
+        folder.write_json("final.json", r.history.final)
+    return r.history

@@ -1,0 +1,138 @@
+"""Running a model on un-augmented images: logits, loss, accuracy, flip TTA.
+
+One batched forward pass (``batched_logits``: eval mode, no gradients, the run's
+normalisation, layout and precision) serves training's per-epoch ``evaluate``,
+``predict_logits`` for inference and the report, so all three compute the same
+numbers from the same weights: ``cifar-resnet evaluate`` on a CPU reproduces a CPU
+run's recorded ``test_acc`` exactly.
+
+Test-time augmentation averages the softmax of each image and of its mirror image,
+flipped along the width axis (the last axis of NCHW).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .augment import normalize
+from .distributed import SINGLE_PROCESS, Dist
+from .runtime import Runtime
+from .splits import Split
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode, its training flag restored on exit."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def batched_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    runtime: Runtime,
+    *,
+    batch_size: int,
+    flip: bool = False,
+    starts: Sequence[int] | None = None,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+    """``(start, logits, flipped)`` per batch of uint8 ``images`` (N, 3, 32, 32), on the device.
+
+    ``logits`` (B, C) in the runtime's precision; ``flipped`` the logits of the mirror
+    images when ``flip``, else None. The caller holds eval mode and inference mode.
+    """
+    dev = runtime.device
+    mean, std = mean.to(dev), std.to(dev)
+    for start in range(0, images.shape[0], batch_size) if starts is None else starts:
+        batch = images[start : start + batch_size].to(dev)
+        x = runtime.layout(normalize(batch, mean, std))
+        with runtime.autocast():
+            logits = model(x)
+            flipped = model(runtime.layout(x.flip(-1))) if flip else None  # width: last axis
+        yield start, logits, flipped
+
+
+def tta_log_probs(logits: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+    """Log of the mean of the softmaxes of images and their mirror images, (N, C) float32.
+
+    Computed as a log-sum-exp, so a class both views rule out is a finite log
+    probability rather than log(0).
+    """
+    a, b = logits.float().log_softmax(1), flipped.float().log_softmax(1)
+    return torch.logaddexp(a, b) - math.log(2.0)
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    runtime: Runtime,
+    *,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Logits (N, num_classes), float32 on the CPU, of uint8 images (N, 3, 32, 32) in eval mode.
+
+    The images are only normalised (never augmented); the model's training flag is
+    restored afterwards.
+    """
+    with eval_mode(model):
+        out = [
+            logits.float().cpu()
+            for _, logits, _ in batched_logits(
+                model, images, mean, std, runtime, batch_size=batch_size
+            )
+        ]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    runtime: Runtime,
+    *,
+    batch_size: int = 1024,
+    dist: Dist = SINGLE_PROCESS,
+    tta: bool = False,
+) -> dict[str, Any]:
+    """Loss and accuracy over a whole split, un-augmented, in eval mode (training flag restored).
+
+    With ``tta``, also ``tta_loss`` and ``tta_acc`` (see the module docstring). With
+    ``dist``, each rank evaluates every ``world``-th batch and the sums are combined.
+    """
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    sums = torch.zeros(4, device=runtime.device, dtype=torch.float64)  # loss, hits, TTA loss, hits
+    n = len(split)
+    starts = range(0, n, batch_size)[dist.rank :: dist.world]
+    with eval_mode(model):
+        batches = batched_logits(
+            model, split.images, split.mean, split.std, runtime,
+            batch_size=batch_size, flip=tta, starts=starts,
+        )  # fmt: skip
+        for start, logits, flipped in batches:
+            y = split.labels[start : start + batch_size]
+            sums[0] += criterion(logits.float(), y).double()
+            sums[1] += (logits.argmax(1) == y).sum()
+            if flipped is not None:
+                log_probs = tta_log_probs(logits, flipped)
+                sums[2] += nn.functional.nll_loss(log_probs, y, reduction="sum").double()
+                sums[3] += (log_probs.argmax(1) == y).sum()
+    loss, correct, tta_loss, tta_correct = dist.all_sum(sums).tolist()
+    out = {"loss": loss / n, "acc": int(correct) / n, "n": n}
+    if tta:
+        out.update(tta_loss=tta_loss / n, tta_acc=int(tta_correct) / n)
+    return out

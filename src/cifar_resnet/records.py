@@ -1,0 +1,175 @@
+"""The records a run writes, each with one owner that lists its fields.
+
+- ``TrainState``: a checkpoint (``checkpoints/last.pt``), every key it holds.
+  ``to_dict`` adds the format tag; ``from_dict`` reads the current format and
+  upgrades older ones, and names the format of anything else in a one-line error.
+- ``EpochMetrics``: one line of ``metrics.jsonl``.
+- ``RunSummary``: ``final.json``.
+
+The files stay plain (a dict for ``torch.save``, JSON); these classes are the only
+places their keys are spelled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+CHECKPOINT_FORMAT = "cifar-resnet/2"
+# cifar-resnet/1: no ``ema``; train_seconds, lr_source, epoch_state, rng_ranks,
+# optimizer and scheduler could be absent. Read with those fields at their defaults.
+OLDER_FORMATS = ("cifar-resnet/1",)
+_FORMAT_FAMILY = "cifar-resnet/"
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds (``checkpoint.load_checkpoint`` reads one back)."""
+
+    model: dict[str, torch.Tensor]  # the trained weights (state_dict)
+    config: dict[str, Any]  # the resolved TrainConfig, as TrainConfig.to_dict()
+    classes: list[str]
+    mean: torch.Tensor  # (3,) the training split's normalisation, [0, 1] units
+    std: torch.Tensor  # (3,)
+    epoch: int  # epochs completed
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    epoch_state: dict[str, Any] | None = None  # position inside an interrupted epoch
+    lr_source: str = "given"  # "found" by the range test or "given"
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # EpochMetrics dicts so far
+    step_lrs: list[float] = field(default_factory=list)  # the LR of every step so far
+    train_seconds: float = 0.0
+    rng: dict[str, Any] | None = None  # lifecycle.capture_rng of rank 0
+    rng_ranks: list[dict[str, Any]] | None = None  # every rank's, when data-parallel
+    ema: dict[str, Any] | None = None  # AveragedModel state_dict, with --ema-decay
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict ``torch.save`` writes: the format tag and every field (tensors not copied)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {"format": CHECKPOINT_FORMAT, **values}
+
+    @classmethod
+    def from_dict(cls, values: Any, source: str = "the checkpoint") -> TrainState:
+        """A checkpoint dict of the current or an older format; CheckpointError otherwise."""
+        tag = values.get("format") if isinstance(values, dict) else None
+        if not (isinstance(tag, str) and tag.startswith(_FORMAT_FAMILY)):
+            raise CheckpointError(
+                f"{source} is not a cifar-resnet checkpoint (expected format "
+                f"{CHECKPOINT_FORMAT}); pass a checkpoints/last.pt written by cifar-resnet train"
+            )
+        if tag != CHECKPOINT_FORMAT and tag not in OLDER_FORMATS:
+            readable = ", ".join((*OLDER_FORMATS, CHECKPOINT_FORMAT))
+            raise CheckpointError(
+                f"{source} has checkpoint format {tag}, which this version of cifar-resnet "
+                f"cannot read (it reads {readable}); use the version that wrote it"
+            )
+        names = [f.name for f in dataclasses.fields(cls)]
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [k for k in ("format", *required) if k not in values]
+        if missing:
+            raise CheckpointError(f"{source} lacks {', '.join(missing)}; it is incomplete")
+        state = cls(**{k: values[k] for k in names if k in values})
+        state.train_seconds = float(state.train_seconds or 0.0)
+        state.lr_source = state.lr_source or "given"
+        return state
+
+    @property
+    def resumable(self) -> bool:
+        """Whether training can continue from it (optimizer, scheduler and RNG states saved)."""
+        return None not in (self.optimizer, self.scheduler, self.rng)
+
+
+@dataclass
+class EpochMetrics:
+    """One finished epoch (a line of metrics.jsonl). Accuracies are fractions of the split."""
+
+    epoch: int
+    lr: float  # the LR of the epoch's last step
+    train_loss: float  # mean training loss over the epoch (augmented batches)
+    train_acc: float
+    test_loss: float  # on the test split, un-augmented, eval mode
+    test_acc: float
+    seconds: float  # training time of the epoch (evaluation excluded)
+    test_loss_tta: float | None = None  # with flip TTA, when the run measures it
+    test_acc_tta: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON line; the TTA keys only when measured."""
+        out = dataclasses.asdict(self)
+        if self.test_acc_tta is None:
+            del out["test_loss_tta"], out["test_acc_tta"]
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EpochMetrics:
+        """Inverse of ``to_dict``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass
+class RunSummary:
+    """What a finished run reports (final.json)."""
+
+    test_acc: float  # the last epoch's, plain (no TTA)
+    test_loss: float
+    train_acc: float
+    train_loss: float
+    epochs: int
+    train_seconds: float  # the epochs' training time, evaluation and range test excluded
+    total_seconds: float  # wall time of the training loop in this process
+    images_per_second: float  # training images x epochs / train_seconds
+    train_images: int
+    test_images: int
+    device: str
+    precision: str  # fp32 or bf16 (autocast)
+    processes: int
+    compile_seconds: float | None
+    torch: str
+    params: int
+    seed: int
+    max_lr: float
+    min_lr: float
+    lr_source: str
+    resumed: bool
+    batch_size: int
+    recipe: str
+    optimizer: str
+    weight_decay: float
+    label_smoothing: float
+    ema_decay: float
+    head_bias: bool
+    logit_scale: float
+    width: float
+    norm: str
+    data: str
+    mean: list[float]
+    std: list[float]
+    classes: list[str]
+    test_acc_tta: float | None = None  # with flip TTA, when the run measures it
+    test_loss_tta: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of final.json."""
+        return dataclasses.asdict(self)
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None, for strict JSON readers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
