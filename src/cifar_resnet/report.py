@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 from torch import nn
+from tqdm.auto import tqdm
 
 from .analysis import DataSummary, data_figures, summarize_data
 from .augment import normalize
@@ -138,6 +139,23 @@ def figure_data_uri(fig: Figure, dpi: int = 100) -> str:
     return "data:image/png;base64," + base64.b64encode(figure_png(fig, dpi)).decode("ascii")
 
 
+@dataclass(frozen=True)
+class _Page:
+    """What every section of the report draws on."""
+
+    r: RunResults
+    predicted: torch.Tensor  # (N,) the model's class of each test image
+    accuracy: float
+    mistakes: Misclassified  # most confident first
+    gallery_size: int
+    gradcam_count: int
+    gradcam_layer: str
+    dpi: int
+
+    def img(self, fig: Figure, alt: str) -> str:
+        return f'<img src="{figure_data_uri(fig, self.dpi)}" alt="{_e(alt)}">'
+
+
 def build_report(
     results: RunResults,
     *,
@@ -145,68 +163,91 @@ def build_report(
     gradcam_count: int = 10,
     gradcam_layer: str = DEFAULT_LAYER,
     dpi: int = 100,
+    progress: bool = False,
 ) -> str:
-    """The report as one HTML document; every image is embedded, no scripts, no network."""
+    """The report as one HTML document; every image is embedded, no scripts, no network.
+
+    ``progress`` shows a bar over the sections (the Grad-CAM and data figures take seconds).
+    """
     r = results
     labels = r.data.test_labels
     predicted = r.logits.argmax(1) if r.logits.numel() else torch.zeros(0, dtype=torch.long)
-    matrix = confusion_matrix(predicted, labels, len(r.classes))
-    per_class = per_class_accuracy(matrix)
     accuracy = float((predicted == labels).float().mean()) if labels.numel() else float("nan")
-    mistakes = select_misclassified(r.logits, labels)
-
-    def img(fig: Figure, alt: str) -> str:
-        return f'<img src="{figure_data_uri(fig, dpi)}" alt="{_e(alt)}">'
-
+    page = _Page(
+        r, predicted, accuracy, select_misclassified(r.logits, labels),
+        gallery_size, gradcam_count, gradcam_layer, dpi,
+    )  # fmt: skip
+    sections = {
+        "overview": lambda p: _overview(p.r, p.accuracy, len(p.mistakes)),
+        "curves": _curves_section,
+        "schedule": _schedule_section,
+        "errors": _errors_section,
+        "gallery": _gallery_section,
+        "gradcam": _gradcam_section,
+        "data": _data_section,
+        "epochs": lambda p: _epoch_table(p.r.metrics),
+        "model": lambda p: f"<pre>{_e(p.r.summary)}</pre>",
+        "config": lambda p: _kv_table(p.r.config),
+    }
     parts = [_head(r), _nav()]
-    parts.append(_section("overview", _overview(r, accuracy, len(mistakes))))
+    for key, build in tqdm(sections.items(), desc="report", unit="section", disable=not progress):
+        parts.append(_section(key, build(page)))
+    parts.append("</main></div></body></html>\n")
+    return "".join(parts)
 
-    curves = (
-        img(plot_training_curves(r.metrics), "loss and accuracy per epoch, train and test")
-        if r.metrics
-        else "<p>No epoch finished: no metrics.</p>"
-    )
-    parts.append(_section("curves", curves))
 
-    epochs = len(r.metrics) or 1
-    spe = len(r.step_lrs) // epochs if r.step_lrs and len(r.step_lrs) % epochs == 0 else None
-    lr_html = [
+def _curves_section(p: _Page) -> str:
+    if not p.r.metrics:
+        return "<p>No epoch finished: no metrics.</p>"
+    return p.img(plot_training_curves(p.r.metrics), "loss and accuracy per epoch, train and test")
+
+
+def _schedule_section(p: _Page) -> str:
+    step_lrs, epochs = p.r.step_lrs, len(p.r.metrics) or 1
+    steps_per_epoch = len(step_lrs) // epochs if step_lrs and len(step_lrs) % epochs == 0 else None
+    html_parts = [
         '<div class="pair">',
-        img(plot_lr_schedule(r.step_lrs, spe), "learning rate of every optimizer step"),
+        p.img(plot_lr_schedule(step_lrs, steps_per_epoch), "learning rate of every optimizer step"),
     ]
-    if r.lr_finder is not None:
-        lr_html.append(img(plot_lr_finder(r.lr_finder), "LR range test with LRMAX and LRMIN"))
-    else:
-        lr_html.append("<p>The LRs were given, so no LR range test ran for this run.</p>")
-    lr_html.append("</div>")
-    parts.append(_section("schedule", "".join(lr_html)))
-
-    parts.append(
-        _section(
-            "errors",
-            '<div class="pair">'
-            + img(plot_confusion_matrix(matrix, r.classes), "confusion matrix")
-            + img(plot_per_class_accuracy(per_class, r.classes, accuracy), "per-class accuracy")
-            + "</div>",
+    if p.r.lr_finder is not None:
+        html_parts.append(
+            p.img(plot_lr_finder(p.r.lr_finder), "LR range test with LRMAX and LRMIN")
         )
+    else:
+        html_parts.append("<p>The LRs were given, so no LR range test ran for this run.</p>")
+    return "".join([*html_parts, "</div>"])
+
+
+def _errors_section(p: _Page) -> str:
+    classes = p.r.classes
+    matrix = confusion_matrix(p.predicted, p.r.data.test_labels, len(classes))
+    per_class = per_class_accuracy(matrix)
+    return (
+        '<div class="pair">'
+        + p.img(plot_confusion_matrix(matrix, classes), "confusion matrix")
+        + p.img(plot_per_class_accuracy(per_class, classes, p.accuracy), "per-class accuracy")
+        + "</div>"
     )
 
-    shown = mistakes.head(gallery_size)
-    if len(shown):
-        gallery = img(
-            plot_misclassified(r.data.test_images[shown.indices], shown, r.classes),
-            "misclassified test images with predicted and actual class",
-        )
-        gallery = (
-            f"<p>{len(mistakes):,} of {labels.numel():,} test images are misclassified; "
-            f"the {len(shown)} with the most confident wrong prediction are shown. "
-            "Confidence is the softmax probability of the predicted class.</p>" + gallery
-        )
-    else:
-        gallery = "<p>No test image is misclassified.</p>"
-    parts.append(_section("gallery", gallery))
-    parts.append(_section("gradcam", _gradcam(r, mistakes.head(gradcam_count), gradcam_layer, img)))
 
+def _gallery_section(p: _Page) -> str:
+    shown = p.mistakes.head(p.gallery_size)
+    if not len(shown):
+        return "<p>No test image is misclassified.</p>"
+    r = p.r
+    gallery = p.img(
+        plot_misclassified(r.data.test_images[shown.indices], shown, r.classes),
+        "misclassified test images with predicted and actual class",
+    )
+    return (
+        f"<p>{len(p.mistakes):,} of {r.data.test_labels.numel():,} test images are "
+        f"misclassified; the {len(shown)} with the most confident wrong prediction are shown. "
+        "Confidence is the softmax probability of the predicted class.</p>" + gallery
+    )
+
+
+def _data_section(p: _Page) -> str:
+    r = p.r
     summary = summarize_data(r.data)
     figs = data_figures(
         r.data,
@@ -215,25 +256,18 @@ def build_report(
         cutout=int(r.config.get("cutout_size", 8)),
         flip_prob=float(r.config.get("flip_prob", 0.5)),
     )
-    parts.append(
-        _section(
-            "data",
-            _data_table(summary)
-            + img(figs["class_distribution"], "class distribution of train and test")
-            + '<div class="grids">'
-            + img(figs["samples"], "sample training images with labels")
-            + img(figs["augmented"], "the same images after training augmentation")
-            + "</div>",
-        )
+    return (
+        _data_table(summary)
+        + p.img(figs["class_distribution"], "class distribution of train and test")
+        + '<div class="grids">'
+        + p.img(figs["samples"], "sample training images with labels")
+        + p.img(figs["augmented"], "the same images after training augmentation")
+        + "</div>"
     )
-    parts.append(_section("epochs", _epoch_table(r.metrics)))
-    parts.append(_section("model", f"<pre>{_e(r.summary)}</pre>"))
-    parts.append(_section("config", _kv_table(r.config)))
-    parts.append("</main></div></body></html>\n")
-    return "".join(parts)
 
 
-def _gradcam(r: RunResults, chosen: Misclassified, layer: str, img: Any) -> str:
+def _gradcam_section(p: _Page) -> str:
+    r, chosen, layer, img = p.r, p.mistakes.head(p.gradcam_count), p.gradcam_layer, p.img
     if not len(chosen):
         return "<p>No misclassified image to explain.</p>"
     images = r.data.test_images[chosen.indices]
