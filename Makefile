@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/cifar-resnet train $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(ARGS)
+	$(BIN)/cifar-resnet train $(if $(DATA_DIR),--data-dir "$(DATA_DIR)") $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -261,7 +261,9 @@ def test_report_command_errors(tmp_path, capsys):
 def test_train_no_report_flag():
     args = cli.build_parser().parse_args(["train", "--no-report"])
     assert args.report is False
-    assert cli.build_parser().parse_args(["train"]).report is True
+    assert cli.build_parser().parse_args(["train", "--report"]).report is True
+    # not given: a new run writes its report, a resumed one does as its run was started
+    assert cli.build_parser().parse_args(["train"]).report is None
 
 
 # ---------------------------------------------------------------------------------------------

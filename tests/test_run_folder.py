@@ -12,6 +12,7 @@ def test_a_folder_holding_a_run_is_refused_unless_forced(tmp_path):
     run = RunFolder(tmp_path / "run")
     run.write_json("config.json", {"a": 1})
     run.log_epoch({"epoch": 1})
+    run.close()  # done writing: unlocked
     with pytest.raises(CheckpointError, match="--force"):
         RunFolder(tmp_path / "run")
     assert json.loads((tmp_path / "run" / "config.json").read_text()) == {"a": 1}

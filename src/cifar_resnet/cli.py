@@ -12,11 +12,12 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import RESUME_OVERRIDES, TrainConfig, field_types
+from .config import RECIPES, RESUME_OVERRIDES, TrainConfig, field_types
 from .errors import (
     CheckpointError,
     CifarResnetError,
@@ -36,37 +37,66 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_config_flags(
-    parser: argparse.ArgumentParser, aliases: dict[str, str] | None = None
+    parser: argparse.ArgumentParser,
+    aliases: dict[str, str] | None = None,
+    only: Sequence[str] | None = None,
 ) -> None:
-    """Add one flag per ``TrainConfig`` field (``--max-lr`` for ``max_lr``) to ``parser``."""
+    """Add one flag per ``TrainConfig`` field (``--max-lr`` for ``max_lr``) to ``parser``.
+
+    ``only`` limits the flags to those fields; each flag's help names its range and default.
+    """
     aliases = aliases or {}
     types = field_types()
+    recipe_fields = {name for values in RECIPES.values() for name in values}
     for f in dataclasses.fields(TrainConfig):
+        if only is not None and f.name not in only:
+            continue
         flags = [f"--{f.name.replace('_', '-')}"]
         if f.name in aliases:
             flags.append(aliases[f.name])
         kind = types[f.name]
-        default = "none" if f.default is None else f.default
         kwargs: dict[str, Any] = {
             "dest": f.name,
             "default": argparse.SUPPRESS,
-            "help": f"{f.metadata['help']} (default: {default})",
+            "help": _flag_help(f, recipe_fields),
         }
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif f.name in ("limit_train", "limit_test"):
+            kwargs["type"], kwargs["metavar"] = _limit_or_all, "N|all"
         else:
             kwargs["type"] = kind
-            kwargs["metavar"] = kind.__name__.upper()
+            kwargs["metavar"] = f.metadata.get("metavar", kind.__name__.upper())
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
                 kwargs.pop("metavar")
         parser.add_argument(*flags, **kwargs)
 
 
+def _flag_help(f: dataclasses.Field, recipe_fields: set[str]) -> str:
+    text = f.metadata["help"]
+    bounds = f.metadata.get("bounds")
+    if bounds is not None:
+        low, high, ends = bounds
+        text += f"; {ends[0]}{low:g}, {high:g}{ends[1]}"
+    if "default" in text or "spec:" in text:  # the help names its own default
+        return text
+    if f.default is None:
+        return text + (" (default: the recipe's)" if f.name in recipe_fields else "")
+    return f"{text} (default: {f.default})"
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The ``TrainConfig`` of parsed flags; flags not given keep their defaults."""
+    """The ``TrainConfig`` of parsed flags; flags not given keep their defaults.
+
+    Paths are made absolute, so a run's saved config finds its data from any folder.
+    """
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    for key in ("data_dir", "cache_dir"):
+        if values.get(key):
+            values[key] = str(Path(values[key]).expanduser().absolute())
+    return TrainConfig(**values)
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
@@ -79,18 +109,25 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .lr_finder import plot_lr_finder
     from .run_folder import RunFolder
     from .train import fit
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
     if args.resume:
-        out, config, state = _resume_target(args)
-        run = RunFolder(out, resume=True) if main_rank else None
+        out, config, record, in_place = _resume_target(args)
+        state = record.state
+        saved_choice = bool(record.config_json().get("report", True))
+        report = args.report if args.report is not None else saved_choice
+        run = RunFolder(out, resume=in_place, force=args.force) if main_rank else None
+        if not args.quiet and main_rank:
+            where = f"step {state.epoch_state['step']} of " if state.epoch_state else ""
+            print(f"resuming {out} at {where}epoch {state.epoch + 1} of {config.epochs}")
     else:
-        config, state = config_from_args(args), None
+        config, state, report = config_from_args(args), None, args.report is not False
         out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
         run = RunFolder(out, force=args.force) if main_rank else None
+    if run is not None:
+        run.extra["report"] = report  # recorded in config.json, so --resume remembers it
     try:
         history = fit(config, run=run, progress=not args.quiet, resume=state)
     except TrainingInterrupted as e:
@@ -100,74 +137,132 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"{out / 'checkpoints' / 'last.pt'}; continue with: {PROG} train --resume {out}",
             file=sys.stderr,
         )
+        if run is not None:
+            run.close()
         return 128 + e.signum
     except BaseException:
         if run is not None:
-            run.remove_if_unused()
+            run.abandon()
         raise
     if not main_rank:
         return 0
+    try:
+        return _finish_train(args, run, history, out, config, report)
+    finally:
+        run.close()
+
+
+def _finish_train(
+    args: argparse.Namespace, run: Any, history: Any, out: Path, config: TrainConfig, report: bool
+) -> int:
+    """The finished run's summary line and report; the exit code."""
+    from .lr_finder import plot_lr_finder
+
     if history.lr_finder is not None:
         _save_figure(run, "lr_finder.png", plot_lr_finder(history.lr_finder))
     final = history.final
+    tta = f", {final['test_acc_tta']:.2%} with flip TTA" if final.get("test_acc_tta") else ""
     print(
-        f"test accuracy {final['test_acc']:.2%} (test loss {final['test_loss']:.4f}) after "
+        f"test accuracy {final['test_acc']:.2%}{tta} (test loss {final['test_loss']:.4f}) after "
         f"{final['epochs']} epochs; {final['train_seconds']:.1f} s training, "
-        f"{final['images_per_second']:.0f} images/s on {final['device']}; "
+        f"{final['images_per_second']:.0f} images/s on {final['device']} ({final['precision']}); "
         f"LR {final['min_lr']:.2e} -> {final['max_lr']:.2e} ({final['lr_source']}); run in {out}"
     )
-    if args.report:
-        try:
-            path = _write_report(out, config.data_dir, config.cache_dir, config.device)
-            print(f"report in {path}")
-        except CifarResnetError as e:  # the run itself is saved; the report can be rebuilt
-            print(
-                f"{PROG}: warning: no report ({oneline(e)}); retry: {PROG} report {out}",
-                file=sys.stderr,
-            )
+    if not report:
+        return 0
+    try:
+        path = _write_report(
+            out, config.data_dir, config.cache_dir, config.device, progress=not args.quiet,
+            lock=False,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print(
+            f"{PROG}: interrupted while writing the report; the run is saved; build the report "
+            f"with: {PROG} report {out}",
+            file=sys.stderr,
+        )
+        return 130
+    except CifarResnetError as e:  # the run itself is saved; the report can be rebuilt
+        raise CifarResnetError(
+            f"the run is saved but its report is not ({oneline(e)}); "
+            f"build it with: {PROG} report {out}"
+        ) from None
+    print(f"report in {path}")
     return 0
 
 
-def _resume_target(args: argparse.Namespace) -> tuple[Path, TrainConfig, dict[str, Any]]:
-    """Run folder, config and checkpoint for ``train --resume RUN``."""
-    from .checkpoint import config_from_checkpoint, load_checkpoint
+def _resume_target(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any, bool]:
+    """Folder, config and checkpoint for ``train --resume``; whether it continues in place.
+
+    A checkpoint inside a run folder continues there (or in ``--out``); a loose one needs
+    ``--out``. Only --data-dir, --cache-dir and --device may change.
+    """
+    from .run_folder import RunRecord
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     fixed = sorted(k for k in vars(args) if k in names and k not in RESUME_OVERRIDES)
-    if fixed or args.out or args.force:
+    if fixed:
         flags = [f"--{k.replace('_', '-')}" for k in fixed]
-        flags += [f for f, on in (("--out", args.out), ("--force", args.force)) if on]
         raise ConfigError(
             f"--resume continues the run with its saved settings; drop {', '.join(flags)} "
             "(only --data-dir, --cache-dir and --device may change)"
         )
-    target = Path(args.resume)
-    out = target if target.is_dir() else target.parent.parent
-    state = load_checkpoint(target)
-    config = config_from_checkpoint(state)
-    overrides = {k: getattr(args, k) for k in RESUME_OVERRIDES if k in vars(args)}
-    config = config.replace(**overrides)
-    if state["epoch"] >= config.epochs and state.get("epoch_state") is None:
-        raise CheckpointError(
-            f"the run in {out} already finished its {config.epochs} epochs; nothing to resume"
+    record = RunRecord.open(args.resume)
+    if args.out is None and record.folder is None:
+        raise ConfigError(
+            f"{record.checkpoint} is not inside a run folder (RUN/checkpoints/last.pt); "
+            "pass --out FOLDER to continue it in a new run folder"
         )
-    return out, config, state
+    out = Path(args.out) if args.out is not None else record.folder
+    in_place = record.folder is not None and out.resolve() == record.folder.resolve()
+    if args.force and in_place:
+        raise ConfigError("--force with --resume replaces nothing; drop --force")
+    overrides = {k: getattr(args, k) for k in RESUME_OVERRIDES if k in vars(args)}
+    config = record.config.replace(**overrides)
+    state = record.state
+    if state.epoch >= config.epochs and state.epoch_state is None and record.final():
+        raise CheckpointError(
+            f"the run in {out} already finished its {config.epochs} epochs; nothing to resume "
+            f"(rebuild its report with: {PROG} report {out})"
+        )
+    if not state.resumable:
+        raise CheckpointError(
+            f"{record.checkpoint} holds weights but no optimizer, schedule or random states; "
+            "it can be evaluated but not resumed"
+        )
+    return out, config, record, in_place
+
+
+# The config fields the range test reads (training-only ones such as --epochs are not flags).
+LR_FIND_FIELDS = (
+    "recipe", "data_dir", "cache_dir", "limit_train", "crop_padding", "flip_prob", "cutout_size",
+    "width", "norm", "dropout", "head_bias", "logit_scale", "batch_size", "optimizer", "momentum",
+    "min_lr_divisor", "weight_decay", "label_smoothing", "finder_start_lr", "finder_end_lr",
+    "finder_num_iter", "finder_rule", "seed", "device", "precision",
+)  # fmt: skip
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     from .lr_finder import plot_lr_finder
-    from .run_folder import RunFolder
+    from .run_folder import LR_FIND_FILES, RUN_FILES, RunFolder
     from .train import lr_range_test_seeds
 
     config = config_from_args(args)
-    run = RunFolder(args.out, force=args.force)
+    training = [n for n in RUN_FILES if n not in LR_FIND_FILES and (Path(args.out) / n).exists()]
+    if training:
+        raise CheckpointError(
+            f"--out {args.out} holds a training run ({training[0]}); lr-find writes only "
+            "lr_finder.json and lr_finder.png into a folder of its own: choose another --out"
+        )
+    run = RunFolder(args.out, force=args.force, owns=LR_FIND_FILES)
     try:
         result = lr_range_test_seeds(config, seeds=args.seeds, progress=not args.quiet)
+        run.write_json("lr_finder.json", result.to_dict())  # replaced only now, on success
+        _save_figure(run, "lr_finder.png", plot_lr_finder(result))
     except BaseException:
-        run.remove_if_unused()
+        run.abandon()
         raise
-    run.write_json("lr_finder.json", result.to_dict())
-    _save_figure(run, "lr_finder.png", plot_lr_finder(result))
+    run.close()
     stop = "diverged" if result.diverged else "ran all steps"
     print(
         f"LRMAX {result.max_lr:.3e}  LRMIN {result.min_lr:.3e}  ({result.rule} rule, "
@@ -282,6 +377,18 @@ def _positive_int(value: str) -> int:
     raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value!r}")
 
 
+def _limit_or_all(value: str) -> int | None:
+    """A --limit-* value of train: N, or all (None: every image)."""
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of at least 1 or all, got {value!r}"
+        ) from None
+
+
 def _limit_arg(value: str) -> int:
     if value == "all":
         return 0
@@ -372,18 +479,27 @@ def _write_report(
     device: str,
     layer: str | None = None,
     progress: bool = False,
+    lock: bool = True,
 ) -> Path:
-    """Build report.html for a run folder and write it there."""
+    """Build report.html for a run folder and write it there.
+
+    ``lock``: hold the folder's lock while writing (a training process holds it already).
+    """
     from .gradcam import DEFAULT_LAYER
     from .report import build_report, load_run
-    from .run_folder import atomic_write
+    from .run_folder import FolderLock, atomic_write
 
     results = load_run(
         run_dir, data_dir=data_dir, cache_dir=cache_dir, device=device, progress=progress
     )
-    page = build_report(results, gradcam_layer=layer or DEFAULT_LAYER).encode()
+    page = build_report(results, gradcam_layer=layer or DEFAULT_LAYER, progress=progress).encode()
     path = Path(run_dir) / "report.html"
-    atomic_write(path, lambda f: f.write(page))
+    held = FolderLock(Path(run_dir)) if lock else None
+    try:
+        atomic_write(path, lambda f: f.write(page))
+    finally:
+        if held is not None:
+            held.release()
     return path
 
 
@@ -434,19 +550,24 @@ def _add_insight_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_report)
 
     sub.choices["train"].add_argument(
-        "--no-report",
+        "--report",
         dest="report",
-        action="store_false",
-        help="do not write report.html after training (cifar-resnet report RUN builds it later)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write report.html after training (default: yes; --resume: as the run was "
+        "started); cifar-resnet report RUN builds it later",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``cifar-resnet`` argument parser."""
+    from . import __version__
+
     parser = _Parser(
         prog=PROG,
         description="Train David Page's ResNet-9 on CIFAR-10 with an LR range test and One Cycle.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("summary", help="print the model summary table")
@@ -471,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lr-find", help="run the LR range test alone and plot it")
     add_config_flags(
         p,
+        only=LR_FIND_FIELDS,
         aliases={
             "finder_start_lr": "--start-lr",
             "finder_end_lr": "--end-lr",
@@ -496,10 +618,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    """Show library warnings (a cache that cannot be written, say) as one line each."""
+
+    def show(message: Any, category: type, filename: str, lineno: int, *rest: Any) -> None:
+        print(f"{PROG}: warning: {oneline(str(message))}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cifar-resnet`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _one_line_warnings()
     try:
         return args.func(args)
     except CifarResnetError as e:
@@ -508,6 +640,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `cifar-resnet evaluate ... | head -1`: the reader left
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush is silent
+        return 0
 
 
 if __name__ == "__main__":

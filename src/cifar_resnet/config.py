@@ -17,8 +17,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from .custom_resnet import NORMS
-from .errors import ConfigError
+from .custom_resnet import DROPOUT_BOUNDS, LOGIT_SCALE_BOUNDS, NORMS, WIDTH_BOUNDS
+from .errors import ConfigError, check_range
 from .lr_finder import RULES as FINDER_RULES
 from .runtime import PRECISIONS
 
@@ -60,6 +60,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def _knob(default: Any, help: str, **meta: Any) -> Any:
+    """A config field: its default, its help text, and its ``choices`` or finite ``bounds``
+    (low, high, and "[]", "[)", "(]" or "()" for which ends are included)."""
     return field(default=default, metadata={"help": help, **meta})
 
 
@@ -79,65 +81,94 @@ class TrainConfig:
         None,
         "local CIFAR-10: a cifar-10-batches-py folder, an image tree train/<class>/* and "
         "test/<class>/*, or a .tar.gz of either; without it the official archive is downloaded",
+        metavar="PATH",
     )
     cache_dir: str | None = _knob(
-        None, "where downloads and decoded arrays are cached (default ~/.cache/cifar_resnet)"
+        None,
+        "where downloads and decoded arrays are cached (default: $CIFAR_RESNET_CACHE, else "
+        "~/.cache/cifar_resnet)",
+        metavar="PATH",
     )
-    limit_train: int | None = _knob(None, "train on the first N training images only")
-    limit_test: int | None = _knob(None, "evaluate on the first N test images only")
+    limit_train: int | None = _knob(
+        None, "train on the first N training images only", bounds=(1, 10**9, "[]")
+    )
+    limit_test: int | None = _knob(
+        None, "evaluate on the first N test images only", bounds=(1, 10**9, "[]")
+    )
     # augmentation
-    crop_padding: int = _knob(4, "pixels of padding before the random 32x32 crop")
-    flip_prob: float = _knob(0.5, "probability of a horizontal flip")
-    cutout_size: int = _knob(8, "side in pixels of the one CutOut hole per image (0: off)")
+    crop_padding: int = _knob(
+        4, "pixels of padding before the random 32x32 crop", bounds=(0, 32, "[]")
+    )
+    flip_prob: float = _knob(0.5, "probability of a horizontal flip", bounds=(0, 1, "[]"))
+    cutout_size: int = _knob(
+        8, "side in pixels of the one CutOut hole per image (0: off)", bounds=(0, 32, "[]")
+    )
     # model
-    width: float = _knob(1.0, "channel width multiplier (0.25 gives a CPU-sized net)")
+    width: float = _knob(
+        1.0, "channel width multiplier (0.25 gives a CPU-sized net)", bounds=WIDTH_BOUNDS
+    )
     norm: str = _knob("batch", "normalisation layer", choices=NORMS)
-    dropout: float = _knob(0.0, "dropout probability after each conv block")
+    dropout: float = _knob(0.0, "dropout probability after each conv block", bounds=DROPOUT_BOUNDS)
     head_bias: bool | None = _knob(None, "bias in the final Linear layer (spec: yes; page: no)")
-    logit_scale: float | None = _knob(None, "multiply the logits by this (spec: 1; page: 0.125)")
+    logit_scale: float | None = _knob(
+        None, "multiply the logits by this (spec: 1; page: 0.125)", bounds=LOGIT_SCALE_BOUNDS
+    )
     # optimisation
-    epochs: int = _knob(24, "epochs in total")
-    peak_epoch: int = _knob(5, "the LR peaks at the end of this epoch")
-    batch_size: int = _knob(512, "training images per optimizer step")
+    epochs: int = _knob(24, "epochs in total", bounds=(1, 10_000, "[]"))
+    peak_epoch: int = _knob(
+        5, "the LR peaks at the end of this epoch (at most --epochs)", bounds=(1, 10_000, "[]")
+    )
+    batch_size: int = _knob(512, "training images per optimizer step", bounds=(1, 65_536, "[]"))
     optimizer: str | None = _knob(
         None,
         "adam (weight decay as coupled L2), adamw (decoupled weight decay) or sgd (Nesterov "
         "momentum) (spec: adam; page: sgd)",
         choices=OPTIMIZERS,
     )
-    momentum: float = _knob(0.9, "SGD's Nesterov momentum")
+    momentum: float = _knob(0.9, "SGD's Nesterov momentum", bounds=(0, 1, "[)"))
     max_lr: float | None = _knob(
-        None, "peak LR (LRMAX); spec: found by the LR range test; page: 0.4"
+        None,
+        "peak LR (LRMAX); spec: found by the LR range test; page: 0.4",
+        bounds=(0, 100, "(]"),
     )
     min_lr: float | None = _knob(
-        None, "start and end LR (LRMIN); spec: max_lr / min_lr_divisor; page: 0"
+        None,
+        "start and end LR (LRMIN); spec: max_lr / min_lr_divisor; page: 0",
+        bounds=(0, 100, "[]"),
     )
-    min_lr_divisor: float = _knob(10.0, "LRMIN = LRMAX / this, when --min-lr is not given")
+    min_lr_divisor: float = _knob(
+        10.0, "LRMIN = LRMAX / this, when --min-lr is not given", bounds=(1, 1e6, "[]")
+    )
     weight_decay: float | None = _knob(
-        None, f"weight decay (spec: {SPEC_WEIGHT_DECAY:g}; page: 5e-4)"
+        None, f"weight decay (spec: {SPEC_WEIGHT_DECAY:g}; page: 5e-4)", bounds=(0, 1, "[]")
     )
     label_smoothing: float | None = _knob(
-        None, "label smoothing of the training loss (spec: 0; page: 0.2)"
+        None, "label smoothing of the training loss (spec: 0; page: 0.2)", bounds=(0, 1, "[)")
     )
     ema_decay: float = _knob(
         0.0,
         "evaluate and save an exponential moving average of the weights, updated every step "
         "with this decay (0: off)",
+        bounds=(0, 1, "[)"),
     )
     tta: bool | None = _knob(
         None, "also measure test accuracy with horizontal-flip TTA (spec: no; page: yes)"
     )
     # LR range test
-    finder_start_lr: float = _knob(1e-6, "LR range test: first LR")
-    finder_end_lr: float = _knob(1.0, "LR range test: last LR")
-    finder_num_iter: int = _knob(100, "LR range test: number of steps (at most about one epoch)")
+    finder_start_lr: float = _knob(1e-6, "LR range test: first LR", bounds=(0, 1e3, "(]"))
+    finder_end_lr: float = _knob(1.0, "LR range test: last LR", bounds=(0, 1e3, "(]"))
+    finder_num_iter: int = _knob(
+        100, "LR range test: number of steps (at most about one epoch)", bounds=(10, 100_000, "[]")
+    )
     finder_rule: str = _knob(
         "floor", "LR range test: rule picking LRMAX from the curve", choices=FINDER_RULES
     )
     # runtime
-    eval_batch_size: int = _knob(1024, "images per evaluation batch")
-    seed: int = _knob(0, "seed for initialisation, shuffling and augmentation")
-    device: str = _knob("auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N")
+    eval_batch_size: int = _knob(1024, "images per evaluation batch", bounds=(1, 65_536, "[]"))
+    seed: int = _knob(
+        0, "seed for initialisation, shuffling and augmentation", bounds=(0, 2**62, "[]")
+    )
+    device: str = _knob("auto", "auto (cuda if present, else cpu), cpu, cuda, cuda:N or mps")
     precision: str = _knob(
         "auto",
         "bf16 autocast or fp32; auto: bf16 on CUDA and on CPUs with AMX or AVX512-BF16",
@@ -154,73 +185,24 @@ class TrainConfig:
         for name, value in RECIPES[self.recipe].items():
             if getattr(self, name) is None:  # not given: the recipe's value
                 object.__setattr__(self, name, value)
-        _at_least(self, "epochs", 1)
-        _at_least(self, "peak_epoch", 1)
+        types = field_types()
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name), types[f.name])
         if self.peak_epoch > self.epochs:
             raise ConfigError(
                 f"--peak-epoch ({self.peak_epoch}) must not exceed --epochs ({self.epochs})"
             )
-        _at_least(self, "batch_size", 1)
-        _at_least(self, "eval_batch_size", 1)
-        _at_least(self, "crop_padding", 0)
-        _at_least(self, "seed", 0)
-        _at_least(self, "finder_num_iter", 10)
-        if self.limit_train is not None:
-            _at_least(self, "limit_train", 1)
-        if self.limit_test is not None:
-            _at_least(self, "limit_test", 1)
-        if not 0 <= self.cutout_size <= 32:
-            raise ConfigError(f"--cutout-size must be in 0..32, got {self.cutout_size}")
-        if not 0 <= self.flip_prob <= 1:
-            raise ConfigError(f"--flip-prob must be in [0, 1], got {self.flip_prob}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if not self.width > 0:
-            raise ConfigError(f"--width must be > 0, got {self.width}")
-        if self.norm not in NORMS:
-            raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        for name in ("max_lr", "finder_start_lr", "finder_end_lr"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"--{_flag(name)} must be > 0, got {value}")
-        if self.min_lr is not None and not self.min_lr >= 0:
-            raise ConfigError(f"--min-lr must be >= 0, got {self.min_lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
-            )
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        if not 0 < self.logit_scale <= 100:
-            raise ConfigError(f"--logit-scale must be in (0, 100], got {self.logit_scale}")
         if self.min_lr is not None and self.max_lr is not None and self.min_lr > self.max_lr:
             raise ConfigError(f"--min-lr ({self.min_lr}) must not exceed --max-lr ({self.max_lr})")
-        if not self.min_lr_divisor >= 1:
-            raise ConfigError(f"--min-lr-divisor must be >= 1, got {self.min_lr_divisor}")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.finder_start_lr >= self.finder_end_lr:
             raise ConfigError(
                 f"--finder-start-lr ({self.finder_start_lr}) must be below "
                 f"--finder-end-lr ({self.finder_end_lr})"
             )
-        if self.finder_rule not in FINDER_RULES:
+        if not _is_device(self.device):
             raise ConfigError(
-                f"--finder-rule must be one of {', '.join(FINDER_RULES)}, got {self.finder_rule!r}"
+                f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
             )
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
-        dev = self.device
-        if not (
-            dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
-        ):
-            raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, as saved in config.json and checkpoints."""
@@ -244,10 +226,32 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _at_least(config: TrainConfig, name: str, low: int) -> None:
-    value = getattr(config, name)
-    if not value >= low:
-        raise ConfigError(f"--{_flag(name)} must be at least {low}, got {value}")
+def _is_device(value: str) -> bool:
+    return value in ("auto", "cpu", "cuda", "mps") or (
+        value.startswith("cuda:") and value[5:].isdigit()
+    )
+
+
+def _check_field(f: dataclasses.Field, value: Any, kind: type) -> None:
+    """Type, choices and finite range of one field's value (None passes: not given)."""
+    if value is None:
+        return
+    flag = f"--{_flag(f.name)}"
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{flag} must be true or false, got {value!r}")
+    if kind is int and not (is_number and float(value).is_integer()):
+        raise ConfigError(f"{flag} must be a whole number, got {value!r}")
+    if kind is float and not is_number:
+        raise ConfigError(f"{flag} must be a number, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(f"{flag} must be text, got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+    bounds = f.metadata.get("bounds")
+    if bounds is not None:
+        check_range(flag, float(value), bounds)
 
 
 def field_types() -> dict[str, type]:

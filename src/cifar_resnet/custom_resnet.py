@@ -35,9 +35,21 @@ import math
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import Bounds, ConfigError, check_range
 
 NORMS = ("batch", "group", "layer")
+WIDTH_BOUNDS: Bounds = (1 / 64, 8.0, "[]")  # 1 to 4,096 channels in the widest layer
+DROPOUT_BOUNDS: Bounds = (0.0, 1.0, "[)")
+LOGIT_SCALE_BOUNDS: Bounds = (0.0, 100.0, "(]")
+
+
+def check_options(*, width: float, norm: str, dropout: float, logit_scale: float) -> None:
+    """ConfigError naming the flag if an architecture option is out of range."""
+    if norm not in NORMS:
+        raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    check_range("--width", width, WIDTH_BOUNDS)
+    check_range("--dropout", dropout, DROPOUT_BOUNDS)
+    check_range("--logit-scale", logit_scale, LOGIT_SCALE_BOUNDS)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -123,14 +135,7 @@ class CustomResNet(nn.Module):
         logit_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        if norm not in NORMS:
-            raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
-        if not width > 0:
-            raise ConfigError(f"--width must be > 0, got {width}")
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"--dropout must be in [0, 1), got {dropout}")
-        if not 0 < logit_scale <= 100:
-            raise ConfigError(f"--logit-scale must be in (0, 100], got {logit_scale}")
+        check_options(width=width, norm=norm, dropout=dropout, logit_scale=logit_scale)
         c1, c2, c3, c4 = (max(1, round(c * width)) for c in (64, 128, 256, 512))
         block = {"norm": norm, "dropout": dropout, "conv_bias": conv_bias}
         self.prep_layer = ConvBlock(3, c1, pool=False, **block)

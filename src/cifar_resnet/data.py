@@ -17,6 +17,7 @@ when loaded: only point this module at copies you trust.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -222,7 +223,7 @@ def _load_archive(archive: Path, cache: Path, progress: bool) -> Cifar10:
     where = f"{inner} in archive" if inner != "." else "archive"
     source = f"{_describe(kind)} in {where} {archive.resolve()}"
     result = _assemble(data, source)
-    _write_cache(cache, key, result)
+    _write_cache(cache, key, result, progress)
     return result
 
 
@@ -235,7 +236,9 @@ def _load_folder(path: Path, cache: Path, progress: bool, origin: str | None) ->
     except OSError as exc:
         cache_ok = False
         warnings.warn(
-            f"cannot create cache folder {cache} ({oneline(exc)}); not caching", stacklevel=3
+            f"cannot create cache folder {cache} ({oneline(exc)}); reading without a cache "
+            "(pass --cache-dir to a writable folder to cache)",
+            stacklevel=3,
         )
     key = _folder_key(kind, folder, cache)
     if cache_ok:
@@ -248,7 +251,7 @@ def _load_folder(path: Path, cache: Path, progress: bool, origin: str | None) ->
         source = f"{source}, {origin}"
     result = _assemble(data, source)
     if cache_ok:
-        _write_cache(cache, key, result)
+        _write_cache(cache, key, result, progress)
     return result
 
 
@@ -386,14 +389,25 @@ def _scan(folder: Path, want_dirs: bool) -> list[str]:
     """Sorted paths of the visible sub-folders (or files) of folder."""
     try:
         with os.scandir(folder) as it:
-            found = [
-                e.path
-                for e in it
-                if not e.name.startswith(".") and (e.is_dir() if want_dirs else e.is_file())
-            ]
+            entries = [e for e in it if not e.name.startswith(".")]
     except OSError as exc:
         raise DataError(f"cannot list {folder} ({oneline(exc)}): check permissions") from exc
-    return sorted(found)
+    for e in entries:
+        _check_link(e)
+    return sorted(e.path for e in entries if (e.is_dir() if want_dirs else e.is_file()))
+
+
+def _check_link(entry: os.DirEntry) -> None:
+    """DataError for a symbolic link whose target is gone."""
+    if entry.is_symlink() and not os.path.exists(entry.path):
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            target = "?"
+        raise DataError(
+            f"{entry.path} is a broken symbolic link (its target {target} does not exist): "
+            "remove the link or restore its target"
+        )
 
 
 def _list_split(split_dir: Path) -> dict[str, list[str]]:
@@ -496,7 +510,8 @@ def _extract(archive: Path, target: Path, progress: bool) -> Path:
     """Unpack archive into target (once), refusing members that would land outside it."""
     if target.is_dir():
         return target
-    staging = _make_temp_dir(target.parent, f"{target.name}.partial-")
+    _remove_stale_partials(target)
+    staging = _make_temp_dir(target.parent, f"{target.name}.partial-{os.getpid()}-")
     try:
         with (
             tarfile.open(archive, "r:gz") as tar,
@@ -515,7 +530,18 @@ def _extract(archive: Path, target: Path, progress: bool) -> Path:
             f"{archive} holds an unsafe member ({oneline(exc)}): refusing to unpack it; "
             f"unpack a trusted copy yourself and pass the folder"
         ) from exc
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise DataError(
+                f"cannot unpack {archive} into {target.parent} ({oneline(exc)}): free space "
+                "there or pass --cache-dir to another folder"
+            ) from exc
+        raise DataError(
+            f"cannot unpack {archive} ({oneline(exc)}): the archive is damaged or not a "
+            f".tar.gz; get a fresh copy"
+        ) from exc
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise DataError(
             f"cannot unpack {archive} ({oneline(exc)}): the archive is damaged or not a "
@@ -532,6 +558,28 @@ def _extract(archive: Path, target: Path, progress: bool) -> Path:
         if not target.is_dir():
             raise
     return target
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Delete half-unpacked copies of ``target`` left by processes that died (``kill -9``).
+
+    Each is named ``<target>.partial-<pid>-*``; one whose process still runs is kept.
+    """
+    for partial in target.parent.glob(f"{target.name}.partial-*"):
+        pid = partial.name[len(target.name) + len(".partial-") :].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
@@ -573,6 +621,7 @@ def _folder_key(kind: str, folder: Path, cache: Path) -> str:
             with os.scandir(current) as it:
                 entries = sorted((e for e in it if not e.name.startswith(".")), key=_entry_name)
             for entry in entries:
+                _check_link(entry)
                 if entry.is_dir():
                     if depth < max_depth and entry.path != skip:
                         stack.append((entry.path, depth + 1))
@@ -618,7 +667,14 @@ def _check_result(r: Cifar10) -> None:
         raise ValueError("no classes")
 
 
-def _write_cache(cache: Path, key: str, result: Cifar10) -> None:
+def _write_cache(cache: Path, key: str, result: Cifar10, progress: bool = False) -> None:
+    """Save the decoded arrays (about 180 MB for CIFAR-10; seconds on a slow disk)."""
+    with tqdm(total=1, desc=f"caching decoded arrays in {cache}", disable=not progress) as bar:
+        _save_arrays(cache, key, result)
+        bar.update()
+
+
+def _save_arrays(cache: Path, key: str, result: Cifar10) -> None:
     path = cache / f"arrays-{key}.pt"
     blob = {
         "train_images": result.train_images,
@@ -635,7 +691,11 @@ def _write_cache(cache: Path, key: str, result: Cifar10) -> None:
             torch.save(blob, f)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError
-        warnings.warn(f"cannot write cache file {path} ({oneline(exc)}); not caching", stacklevel=4)
+        warnings.warn(
+            f"cannot write cache file {path} ({oneline(exc)}); not caching (pass --cache-dir "
+            "to a writable folder to cache)",
+            stacklevel=5,
+        )
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
 
@@ -661,8 +721,8 @@ def _ensure_dir(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(
-            f"cannot create cache folder {folder} ({oneline(exc)}): set CIFAR_RESNET_CACHE "
-            f"to a writable folder"
+            f"cannot create cache folder {folder} ({oneline(exc)}): pass --cache-dir (or set "
+            f"CIFAR_RESNET_CACHE) to a writable folder"
         ) from exc
 
 
@@ -671,8 +731,8 @@ def _make_temp_dir(parent: Path, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     except OSError as exc:
         raise DataError(
-            f"cannot write to cache folder {parent} ({oneline(exc)}): set CIFAR_RESNET_CACHE "
-            f"to a writable folder"
+            f"cannot write to cache folder {parent} ({oneline(exc)}): pass --cache-dir (or set "
+            f"CIFAR_RESNET_CACHE) to a writable folder"
         ) from exc
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import urllib.error
+
+Bounds = tuple[float, float, str]  # low, high, and "[]", "[)", "(]" or "()": which ends count
 
 
 def oneline(exc: BaseException | str, limit: int | None = None) -> str:
@@ -57,3 +60,12 @@ class TrainingInterrupted(Exception):
         self.signum = signum
         self.epoch = epoch
         self.step = step
+
+
+def check_range(flag: str, value: float, bounds: Bounds) -> None:
+    """ConfigError naming ``flag`` unless ``value`` is finite and within ``bounds``."""
+    low, high, ends = bounds
+    above = value >= low if ends[0] == "[" else value > low
+    below = value <= high if ends[1] == "]" else value < high
+    if not (math.isfinite(value) and above and below):
+        raise ConfigError(f"{flag} must be in {ends[0]}{low:g}, {high:g}{ends[1]}, got {value}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,26 +21,36 @@ from typing import IO, Any
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; folders are not locked there
+    fcntl = None
+
 from .checkpoint import checkpoint_path, config_from_checkpoint, load_checkpoint, train_state
 from .config import TrainConfig
 from .errors import CheckpointError, oneline
-from .records import TrainState
+from .records import TrainState, finite_json
 
 RUN_FILES = (
     "config.json",
     "metrics.jsonl",
     "final.json",
     "lr_finder.json",
+    "lr_finder.png",
     "report.html",
     "checkpoints/last.pt",
 )
+LR_FIND_FILES = ("lr_finder.json", "lr_finder.png")
+LOCK_FILE = ".lock"
+ASIDE_PREFIX = ".replaced-"  # an earlier run moved aside by --force until the new one checkpoints
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` through ``write(file)``: readers see the old or the new file, never half.
 
     A failed write (a full disk, say) leaves the old file in place and raises
-    CheckpointError naming the file.
+    CheckpointError naming the file. ``torch.save`` reports a full disk as a
+    RuntimeError, so that counts as a failed write too.
     """
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -47,11 +59,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
         tmp.unlink(missing_ok=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else oneline(e, 120)
         kept = "; the previous version is kept" if path.exists() else ""
         raise CheckpointError(
-            f"cannot write {path} ({e.strerror or e}){kept}; free space or fix permissions, "
+            f"cannot write {path} ({reason}){kept}; free space or fix permissions, "
             "then continue with --resume"
         ) from None
     except BaseException:
@@ -59,31 +72,122 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+def json_bytes(obj: Any) -> bytes:
+    """Strict JSON (no NaN or Infinity: those become null), pretty-printed."""
+    return (json.dumps(finite_json(obj), indent=2, allow_nan=False) + "\n").encode()
+
+
+def _json_line(obj: Any) -> bytes:
+    return (json.dumps(finite_json(obj), allow_nan=False) + "\n").encode()
+
+
+class FolderLock:
+    """An exclusive OS lock on a run folder (``flock`` on its .lock file), held until released.
+
+    The kernel drops it when the process ends, however it ends, so ``kill -9`` leaves no
+    stale lock. The file holds the holder's PID, for the error a second writer gets.
+    Where ``fcntl`` does not exist (Windows), folders are not locked.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_FILE
+        self._file: IO[str] | None = None
+        if fcntl is None:
+            return
+        try:
+            f = open(self.path, "a+")  # noqa: SIM115 (held open while the lock lives)
+        except OSError as e:
+            raise CheckpointError(
+                f"cannot write to {folder} ({e.strerror or e}); choose a writable folder"
+            ) from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise CheckpointError(
+                f"{folder} is being written by another cifar-resnet process (PID {holder}); "
+                "wait for it to finish, stop it, or choose another folder"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self, remove: bool = False) -> None:
+        """Drop the lock (and delete the lock file, when the folder is being removed)."""
+        if self._file is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+        self._file = None
 
 
 class RunFolder:
-    """Writes one training run into ``path``; refuses a folder holding another run unless forced."""
+    """Writes one run into ``path``, locked against other writers while it is open.
 
-    def __init__(self, path: str | Path, *, force: bool = False, resume: bool = False) -> None:
+    A folder holding another run's files (``owns``) is refused unless ``force``. Forced,
+    a training run's earlier files are moved aside into ``.replaced-<time>/`` and put
+    back if the new run fails before its first checkpoint; once that checkpoint is
+    written they are deleted: an earlier run is never lost for a run that never was.
+    ``owns`` limits which files this writer may create or replace (``lr-find`` owns only
+    its two files and leaves a training run's alone).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        owns: tuple[str, ...] = RUN_FILES,
+    ) -> None:
         self.path = Path(path)
-        checkpoints = self.path / "checkpoints"
-        self._made = [] if checkpoints.exists() else [checkpoints]  # made here, deepest first
-        missing = self.path
-        while not missing.exists() and missing != missing.parent:
-            self._made.append(missing)
-            missing = missing.parent
+        self.owns = owns
+        self.extra: dict[str, Any] = {}  # the caller's own settings, recorded in config.json
+        self._aside: Path | None = None
         if self.path.exists() and not self.path.is_dir():
             raise CheckpointError(f"--out {self.path} is a file, not a folder; choose another path")
-        held = [] if resume else [name for name in RUN_FILES if (self.path / name).exists()]
+        self._made = self._make_folders()
+        try:
+            self._lock = FolderLock(self.path)
+        except CheckpointError:
+            self._remove_made()
+            raise
+        try:
+            self._claim(force, resume)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def _make_folders(self) -> list[Path]:
+        """Create the folder (and checkpoints/ when this writer owns a checkpoint)."""
+        wanted = self.path / "checkpoints" if "checkpoints/last.pt" in self.owns else self.path
+        made = []  # deepest first
+        missing = wanted
+        while not missing.exists() and missing != missing.parent:
+            made.append(missing)
+            missing = missing.parent
+        try:
+            wanted.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(
+                f"cannot write to --out {self.path} ({e.strerror or e}); choose a writable folder"
+            ) from None
+        return made
+
+    def _claim(self, force: bool, resume: bool) -> None:
+        held = [] if resume else [name for name in self.owns if (self.path / name).exists()]
         if held and not force:
             raise CheckpointError(
-                f"--out {self.path} already holds a run ({held[0]}); "
-                "choose a new folder or pass --force to overwrite it"
+                f"--out {self.path} already holds a run ({held[0]}); choose a new folder, "
+                "continue it with --resume, or pass --force to replace it"
             )
         try:
-            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
             probe.write_bytes(b"")
             probe.unlink()
@@ -91,23 +195,70 @@ class RunFolder:
             raise CheckpointError(
                 f"cannot write to --out {self.path} ({e.strerror or e}); choose a writable folder"
             ) from None
-        for name in held:  # forced: start clean, so no stale file mixes with the new run
-            (self.path / name).unlink()
+        if held and "checkpoints/last.pt" in self.owns:
+            self._move_aside(held)
 
-    def remove_if_unused(self) -> None:
-        """Remove the folders this object created, where nothing was written into them.
+    def _move_aside(self, held: list[str]) -> None:
+        aside = self.path / f"{ASIDE_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        try:
+            for name in held:
+                target = aside / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.path / name, target)
+        except OSError as e:
+            self._aside = aside
+            self._restore_aside()
+            raise CheckpointError(
+                f"cannot move the earlier run in {self.path} aside ({e.strerror or e}); "
+                "nothing was replaced"
+            ) from None
+        self._aside = aside
 
-        For a run that failed before its first file (bad data, say): no empty folder is
-        left behind, and a folder that existed before is never touched.
-        """
+    def _restore_aside(self) -> None:
+        if self._aside is None:
+            return
+        for path in sorted(self._aside.rglob("*")):
+            if path.is_file():
+                dest = self.path / path.relative_to(self._aside)
+                with contextlib.suppress(OSError):
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, dest)
+        shutil.rmtree(self._aside, ignore_errors=True)
+        self._aside = None
+
+    def _remove_made(self) -> None:
         for folder in self._made:
             with contextlib.suppress(OSError):  # not empty, or already gone
                 folder.rmdir()
 
+    def abandon(self) -> None:
+        """After a failure: put back an earlier run moved aside if this one saved no checkpoint,
+        remove the folders this object created if nothing was written into them, unlock.
+
+        A folder that existed before is never removed.
+        """
+        if self._aside is not None:
+            for name in self.owns:  # every owned file here now is the failed run's
+                with contextlib.suppress(OSError):
+                    (self.path / name).unlink(missing_ok=True)
+            self._restore_aside()
+        empty = self._made and not any(
+            p.name != LOCK_FILE for p in self.path.rglob("*") if p.is_file()
+        )
+        self._lock.release(remove=bool(empty))
+        self._remove_made()
+
+    remove_if_unused = abandon  # the name callers used before forced runs were kept aside
+
+    def close(self) -> None:
+        """The run is done (or interrupted with a checkpoint saved): unlock the folder."""
+        self._lock.release()
+
     def write_json(self, name: str, obj: Any) -> Path:
-        """Write ``obj`` as pretty JSON to ``name`` inside the run folder."""
+        """Write ``obj`` as pretty, strict JSON to ``name`` inside the run folder."""
         path = self.path / name
-        atomic_write(path, lambda f: f.write(_json_bytes(obj)))
+        data = json_bytes(obj)
+        atomic_write(path, lambda f: f.write(data))
         return path
 
     def write_bytes(self, name: str, data: bytes) -> Path:
@@ -120,18 +271,21 @@ class RunFolder:
         """Append one epoch's metrics to metrics.jsonl (the whole file is rewritten atomically)."""
         path = self.path / "metrics.jsonl"
         old = path.read_bytes() if path.exists() else b""
-        line = (json.dumps(metrics) + "\n").encode()
+        line = _json_line(metrics)
         atomic_write(path, lambda f: f.write(old + line))
 
     def rewrite_metrics(self, epochs: list[dict[str, Any]]) -> None:
         """Replace metrics.jsonl with these epochs (resuming drops lines past the checkpoint)."""
-        data = "".join(json.dumps(m) + "\n" for m in epochs).encode()
+        data = b"".join(_json_line(m) for m in epochs)
         atomic_write(self.path / "metrics.jsonl", lambda f: f.write(data))
 
     def save_checkpoint(self, state: dict[str, Any], name: str = "last.pt") -> Path:
-        """Save a checkpoint dict under checkpoints/."""
+        """Save a checkpoint dict under checkpoints/; the first one retires an earlier run."""
         path = self.path / "checkpoints" / name
         atomic_write(path, lambda f: torch.save(state, f))
+        if self._aside is not None:  # the new run can now stand in the old one's place
+            shutil.rmtree(self._aside, ignore_errors=True)
+            self._aside = None
         return path
 
 

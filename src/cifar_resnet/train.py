@@ -268,6 +268,11 @@ def train_one_epoch(
     state.correct += int(correct.item())
     if stopped and state.step < total:
         raise EpochInterrupted(state)
+    return _epoch_result(state, n_images, dist, dev)
+
+
+def _epoch_result(state: EpochState, n_images: int, dist: Dist, dev: torch.device) -> EpochResult:
+    """The epoch's figures over all ranks, from its per-step sums."""
     # One sum over all steps in order, so a resumed epoch adds up exactly as an unbroken one.
     loss_total = torch.tensor(state.step_sums, dtype=torch.float64, device=dev).sum()
     correct_total = torch.tensor(state.correct, device=dev)
@@ -598,7 +603,8 @@ def _restore(r: _Run, state: TrainState) -> None:
 
 def _write_start(folder: RunFolder, r: _Run, resume: TrainState | None) -> None:
     """config.json, the range test's curve, and (resuming) the metrics up to the checkpoint."""
-    folder.write_json("config.json", {**r.config.to_dict(), "lr_source": r.lr_source})
+    settings = {**r.config.to_dict(), "lr_source": r.lr_source, **folder.extra}
+    folder.write_json("config.json", settings)
     if r.history.lr_finder is not None:
         folder.write_json("lr_finder.json", r.history.lr_finder.to_dict())
     if resume is not None:
