@@ -27,15 +27,27 @@ the fastest fall) remain for comparison.
 Evidence (CIFAR-10, batch 512, Adam, bf16, 100 steps from 1e-6 to 1, one sweep per
 seed from that seed's initial weights; ``benchmarks/lr_find_spread.py``, results in
 ``benchmarks/results/*lr-find-spread*.json``). Spread: the largest LRMAX chosen
-over the seeds divided by the smallest.
+over the seeds divided by the smallest (a ratio, so the divisor does not change it).
 
-=========================================  =====================
-rule, on the same six curves               width 0.25, seeds 0-5
-=========================================  =====================
-floor (this module)                        1.52x, 8.1e-4..1.2e-3
-valley, centred smoothing                  1.52x, 1.0e-3..1.5e-3
-valley, torch-lr-finder's EMA (before)     2.66x, 1.8e-3..4.6e-3
-=========================================  =====================
+==========================================  ==================  =================
+rule, on the same curves                    width 0.25, seeds   width 1.0, seeds
+                                            0-5                 0-2
+==========================================  ==================  =================
+floor: centre of the floor                  1.52x               1.52x
+                                            8.1e-3..1.2e-2      1.3e-3..2.0e-3
+valley, centred smoothing (min / 10)        1.52x               1.52x
+valley, torch-lr-finder's EMA (before)      2.66x               3.05x
+==========================================  ==================  =================
+
+The divisor, 2: the floor's centre is where the loss is lowest *during* a sweep of a
+hundred steps, and the floor reaches past the LR where training diverges, because a
+sweep's loss takes some steps to blow up (on a quadratic whose plain-SGD step diverges
+at LR 1, the floor is 0.5..7; ``tests/test_lr_finder.py``). Measured runs on CIFAR-10:
+at width 0.25, LRMAX 4e-3 beat 1.75e-3 (85.69% against 85.00%; the floor's centre
+there is 8e-3..1.2e-2); at width 1.0, LRMAX 1.32e-3 reached 89.75% (the centre there
+is 1.3e-3..2.0e-3). Dividing by 2 puts LRMAX at 4e-3..6e-3 for width 0.25 and at
+0.7e-3..1.0e-3 for width 1.0, and below the quadratic's divergence point; 1.5 would
+overshoot it. Two runs are thin evidence: a finer LR grid would pin the divisor better.
 
 The ``steepest`` rule picks the early slope, which in a one-epoch test is mostly
 training progress, not the LR's effect (5e-5..1.3e-4 on the same curves, a spread
@@ -68,7 +80,7 @@ from .runtime import Runtime
 
 RULES = ("floor", "valley", "steepest")
 FLOOR_FRACTION = 0.1  # the floor: smoothed loss within this fraction of its fall from the start
-FLOOR_DIVISOR = 10.0  # LRMAX = geometric centre of the floor / this
+FLOOR_DIVISOR = 2.0  # LRMAX = geometric centre of the floor / this (module docstring)
 VALLEY_DIVISOR = 10.0  # LRMAX = LR of the smoothed minimum / this
 _DIVERGE_WINDOW = 5  # steps averaged for the early-stop test
 
