@@ -87,7 +87,8 @@ def _flag_help(f: dataclasses.Field, recipe_fields: set[str]) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The ``TrainConfig`` of parsed flags; flags not given keep their defaults.
+    """The ``TrainConfig`` of parsed flags; flags not given keep their defaults, or the
+    values of ``--config FILE`` where there is one (defaults < file < flags).
 
     Paths are made absolute, so a run's saved config finds its data from any folder.
     """
@@ -96,6 +97,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for key in ("data_dir", "cache_dir"):
         if values.get(key):
             values[key] = str(Path(values[key]).expanduser().absolute())
+    if getattr(args, "config", None):
+        from .config_file import read_config_file
+
+        values = {**read_config_file(args.config), **values}
     return TrainConfig(**values)
 
 
@@ -113,6 +118,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import fit
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
+    if args.print_config is not None:
+        return _print_config(args)
+    if args.resume and args.config:
+        raise ConfigError("--config starts a new run; a resumed run keeps its own settings")
     if args.resume:
         out, config, record, in_place = _resume_target(args)
         state = record.state
@@ -150,6 +159,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _finish_train(args, run, history, out, config, report)
     finally:
         run.close()
+
+
+def _print_config(args: argparse.Namespace) -> int:
+    from .config_file import file_format, format_config
+
+    kind = args.print_config or (file_format(args.config) if args.config else "toml")
+    print(format_config(config_from_args(args), kind), end="")
+    return 0
 
 
 def _finish_train(
@@ -355,12 +372,37 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .inference import load_model
 
     model = load_model(args.checkpoint, device="cpu")
+    if args.format == "safetensors":
+        return _export_folder(args, model)
     result = export_model(model, args.out, args.format, overwrite=args.force)
     print(
         f"wrote {result.path} ({result.format}, {result.size_bytes / 1e6:.1f} MB): input images "
         f"float32 (N, 3, 32, 32) in [0, 1], normalisation inside; output logits "
         f"(N, {len(model.classes)}); classes and mean/std in its metadata; "
         f"max |logit| difference from PyTorch {result.max_abs_diff:.1e}"
+    )
+    return 0
+
+
+def _export_folder(args: argparse.Namespace, model: Any) -> int:
+    """``export --format safetensors``: the folder with its model card, whose figures are
+    measured on the test split now."""
+    from .data import load_cifar10
+    from .hub import export_folder
+    from .inference import evaluate_model, select_test_split
+
+    config = model.config
+    data_dir = args.data_dir if args.data_dir is not None else config.data_dir
+    cache_dir = args.cache_dir if args.cache_dir is not None else config.cache_dir
+    data = load_cifar10(data_dir, cache_dir, progress=not args.quiet)
+    limit = config.limit_test if args.limit_test is None else args.limit_test or None
+    images, labels = select_test_split(model, data, limit)
+    evaluation = evaluate_model(model, images, labels)
+    diff = export_folder(model, args.out, evaluation, data.source, overwrite=args.force)
+    print(
+        f"wrote {args.out}/ (model.safetensors, config.json, README.md): test accuracy "
+        f"{evaluation.acc:.2%} on {evaluation.n:,} images in the model card; reloaded weights "
+        f"match to {diff:.1e} in the logits"
     )
     return 0
 
@@ -399,7 +441,10 @@ def _limit_arg(value: str) -> int:
 
 def _add_inference_commands(sub: Any) -> None:
     """The evaluate, predict and export subcommands."""
-    checkpoint_help = "a checkpoint .pt file or a run folder (uses checkpoints/last.pt)"
+    checkpoint_help = (
+        "a checkpoint .pt file, a run folder (uses checkpoints/last.pt) or an exported "
+        "safetensors folder"
+    )
     device_help = "auto (cuda if present), cpu, cuda, cuda:N or mps (default: cpu)"
 
     p = sub.add_parser("evaluate", help="test accuracy, loss, per-class accuracy, confusion")
@@ -431,13 +476,29 @@ def _add_inference_commands(sub: Any) -> None:
     p.add_argument("--device", type=_device_arg, default="cpu", help=device_help)
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("export", help="write the model as ONNX or TorchScript")
+    p = sub.add_parser(
+        "export", help="write the model as ONNX, TorchScript, or a safetensors folder with a card"
+    )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help=checkpoint_help)
     p.add_argument(
-        "--format", choices=("onnx", "torchscript"), default="onnx", help="(default: onnx)"
+        "--format",
+        choices=("onnx", "torchscript", "safetensors"),
+        default="onnx",
+        help="onnx or torchscript: one file; safetensors: a folder in the Hugging Face layout "
+        "(model.safetensors, config.json, README.md model card with the test accuracy measured "
+        "now) (default: onnx)",
     )
-    p.add_argument("--out", required=True, metavar="FILE", help="file to write")
+    p.add_argument("--out", required=True, metavar="PATH", help="file (folder for safetensors)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.add_argument("--data-dir", metavar="PATH", help="safetensors: test data (default: the run's)")
+    p.add_argument("--cache-dir", metavar="PATH", help="safetensors: cache (default: the run's)")
+    p.add_argument(
+        "--limit-test",
+        type=_limit_arg,
+        metavar="N|all",
+        help="safetensors: measure on the first N test images (default: as in training)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_export)
 
 
@@ -586,6 +647,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN",
         help="continue an interrupted run (its folder or checkpoint) with its saved settings",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings from a TOML, YAML or JSON file (a run's config.json too); flags typed "
+        "override it",
+    )
+    p.add_argument(
+        "--print-config",
+        nargs="?",
+        const="",
+        choices=("", "toml", "yaml", "json"),
+        metavar="FORMAT",
+        help="print the resolved settings (toml, yaml or json; default: --config's format, "
+        "else toml) and exit",
     )
     p.set_defaults(func=_cmd_train)
 

@@ -183,6 +183,9 @@ class TrainConfig:
     compile: bool = _knob(
         False, "torch.compile the training step; compile time is reported on its own"
     )
+    tensorboard: bool = _knob(
+        False, "also write TensorBoard event files into RUN/tb (the tensorboard extra)"
+    )
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -192,7 +195,7 @@ class TrainConfig:
                 object.__setattr__(self, name, value)
         types = field_types()
         for f in dataclasses.fields(self):
-            _check_field(f, getattr(self, f.name), types[f.name])
+            check_field(f, getattr(self, f.name), types[f.name])
         if self.peak_epoch > self.epochs:
             raise ConfigError(
                 f"--peak-epoch ({self.peak_epoch}) must not exceed --epochs ({self.epochs})"
@@ -237,7 +240,7 @@ def _is_device(value: str) -> bool:
     )
 
 
-def _check_field(f: dataclasses.Field, value: Any, kind: type) -> None:
+def check_field(f: dataclasses.Field, value: Any, kind: type) -> None:
     """Type, choices and finite range of one field's value (None passes: not given)."""
     if value is None:
         return

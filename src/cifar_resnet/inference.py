@@ -137,8 +137,14 @@ class Evaluation:
 def load_model(
     checkpoint: str | Path | dict[str, Any] | TrainState, device: str = "cpu"
 ) -> TrainedModel:
-    """The trained model of a checkpoint file, run folder or loaded checkpoint."""
+    """The trained model of a checkpoint file, run folder, loaded checkpoint, or a folder
+    written by ``export --format safetensors`` (see ``hub``)."""
     path: Path | None = None
+    if isinstance(checkpoint, (str, Path)):
+        from .hub import is_model_folder, load_folder
+
+        if is_model_folder(checkpoint):
+            return load_folder(checkpoint, device)
     if isinstance(checkpoint, (dict, TrainState)):
         state = train_state(checkpoint)
     else:

@@ -18,6 +18,7 @@ last good checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -31,11 +32,13 @@ from tqdm.auto import tqdm
 
 from .checkpoint import config_from_checkpoint, train_state
 from .config import RESUME_OVERRIDES, TrainConfig
+from .confusion import confusion_matrix
 from .custom_resnet import CustomResNet, count_parameters
 from .data import Cifar10, load_cifar10
 from .distributed import SINGLE_PROCESS, Dist, from_env, per_rank_batch
 from .errors import ConfigError, TrainingDiverged, TrainingInterrupted
-from .evaluation import evaluate
+from .evaluation import evaluate, predict_logits
+from .gallery import select_misclassified
 from .lifecycle import capture_rng, check_resumable, restore_rng, stop_on_signals
 from .lr_finder import LRFinderResult, find_lr, preserved_state, with_spread
 from .profiling import PhaseTimer, no_lap
@@ -44,6 +47,7 @@ from .run_folder import RunFolder
 from .runtime import Runtime, keep_freed_memory, resolve_runtime
 from .schedule import one_cycle_scheduler
 from .splits import Split, prepare_splits, steps_per_epoch, train_batches
+from .tensorboard_log import TensorBoardLog, check_available
 
 # How often (in steps) a CUDA run reads back its loss to look for NaN/inf and, when
 # distributed, agrees on a stop request; on the CPU every step is checked (no sync cost).
@@ -174,6 +178,7 @@ class Callbacks:
     progress: bool = False  # tqdm bars: data loading, range test, each epoch's steps
     on_epoch: Callable[[EpochMetrics, int], None] | None = None  # (metrics, epochs in total)
     timer: PhaseTimer | None = None  # seconds per phase of every step (see ``profiling``)
+    on_step: Callable[[int, float, torch.Tensor], None] | None = None  # (step, lr, loss)
 
 
 def epoch_line(m: EpochMetrics, epochs: int) -> str:
@@ -209,12 +214,14 @@ def train_one_epoch(
     after_step: Callable[[], None] | None = None,
     callbacks: Callbacks = Callbacks(),  # noqa: B008 (frozen: safe to share)
     desc: str = "train",
+    step_offset: int = 0,
 ) -> EpochResult:
     """Train on ``batches`` (the rest of the epoch ``state`` describes); return its figures.
 
     ``n_images`` is the epoch's size over all ranks. Raises ``EpochInterrupted`` after
     the first step at which ``stop()`` is true, ``TrainingDiverged`` on a NaN or
     infinite loss. ``after_step`` runs after every optimizer step (the EMA of weights).
+    ``callbacks.on_step`` gets each step as ``step_offset`` + its step in the epoch.
     """
     model.train()
     dev = runtime.device
@@ -253,6 +260,8 @@ def train_one_epoch(
         correct += (logits.detach().argmax(1) == y).sum()
         bar.update()
         state.step += 1
+        if callbacks.on_step is not None:
+            callbacks.on_step(step_offset + state.step, state.lrs[-1], loss)
         if state.step % check_every == 0 or state.step == total:
             _check_finite(pending, state.step - len(pending), state.lrs, config)
             pending.clear()
@@ -420,6 +429,10 @@ class _Run:
     total_seconds: float = 0.0
 
     @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(len(self.setup.train), self.config.batch_size)
+
+    @property
     def model(self) -> nn.Module:
         """The plain module (unwrapped): what is saved."""
         return self.setup.model
@@ -478,6 +491,10 @@ def _fit(
     per_rank_batch(config.batch_size, dist.world)
     if not dist.is_main:
         folder, callbacks = None, Callbacks()
+    if config.tensorboard:
+        if folder is None and dist.is_main:
+            raise ConfigError("--tensorboard writes into the run folder; give fit a run")
+        check_available()
     r = _set_up(config, data, dist, callbacks)
     if resume is not None:
         check_resumable(resume, r.setup.data, r.setup.train)
@@ -486,10 +503,74 @@ def _fit(
     _schedule(r)
     if resume is not None:
         _restore(r, resume)
-    if folder is not None:
-        _write_start(folder, r, resume)
-    _run_epochs(r, folder, callbacks)
-    return _summarise(r, folder, resumed=resume is not None)
+    tb = _tensorboard(r, folder, resume)
+    try:
+        if tb is not None:
+            callbacks = _logged(callbacks, tb, r.steps_per_epoch)
+        if folder is not None:
+            _write_start(folder, r, resume, tb)
+        _run_epochs(r, folder, callbacks)
+        history = _summarise(r, folder, resumed=resume is not None)
+        if tb is not None:
+            _tensorboard_finish(r, tb)
+        return history
+    finally:
+        if tb is not None:
+            tb.close()
+
+
+def _tensorboard(
+    r: _Run, folder: RunFolder | None, resume: TrainState | None
+) -> TensorBoardLog | None:
+    """The run's event files, continued after the checkpoint's step when resuming."""
+    if folder is None or not r.config.tensorboard:
+        return None
+    if resume is None:
+        return TensorBoardLog(folder.path)
+    step = resume.epoch * r.steps_per_epoch
+    if resume.epoch_state is not None:
+        step += int(resume.epoch_state["step"])
+    return TensorBoardLog(folder.path, resume_step=step)
+
+
+def _logged(callbacks: Callbacks, tb: TensorBoardLog, spe: int) -> Callbacks:
+    """``callbacks`` that also log every step and epoch to ``tb``."""
+    shown, stepped = callbacks.on_epoch, callbacks.on_step
+
+    def on_epoch(metrics: EpochMetrics, epochs: int) -> None:
+        tb.epoch(metrics, metrics.epoch * spe)
+        if shown is not None:
+            shown(metrics, epochs)
+
+    def on_step(step: int, lr: float, loss: torch.Tensor) -> None:
+        tb.step(step, lr, loss)
+        if stepped is not None:
+            stepped(step, lr, loss)
+
+    return dataclasses.replace(callbacks, on_epoch=on_epoch, on_step=on_step)
+
+
+def _tensorboard_finish(r: _Run, tb: TensorBoardLog) -> None:
+    """Confusion matrix, the most confident mistakes and the hparams, at the last step."""
+    from .plots import plot_confusion_matrix, plot_misclassified  # matplotlib: only here
+
+    s = r.setup
+    logits = predict_logits(
+        r.evaluated, s.test.images, s.test.mean, s.test.std, s.runtime,
+        batch_size=r.config.eval_batch_size,
+    )  # fmt: skip
+    labels = s.test.labels.cpu()
+    classes = list(s.data.classes)
+    matrix = confusion_matrix(logits.argmax(1), labels, len(classes))
+    mistakes = select_misclassified(logits, labels, limit=10)
+    figures = {"confusion_matrix": plot_confusion_matrix(matrix, classes)}
+    if len(mistakes):
+        images = s.test.images[mistakes.indices.to(s.test.images.device)].cpu()
+        figures["misclassified"] = plot_misclassified(images, mistakes, classes)
+    final = r.history.final
+    metrics = {k: final[k] for k in ("test_acc", "test_loss", "train_acc", "train_loss")}
+    hparams = {**r.config.to_dict(), "lr_source": r.lr_source}
+    tb.finish(r.config.epochs * r.steps_per_epoch, hparams, metrics, figures)
 
 
 def _set_up(config: TrainConfig, data: Cifar10 | None, dist: Dist, callbacks: Callbacks) -> _Run:
@@ -601,12 +682,16 @@ def _restore(r: _Run, state: TrainState) -> None:
         r.epoch_state = EpochState.from_dict(state.epoch_state, s.runtime.device)
 
 
-def _write_start(folder: RunFolder, r: _Run, resume: TrainState | None) -> None:
+def _write_start(
+    folder: RunFolder, r: _Run, resume: TrainState | None, tb: TensorBoardLog | None
+) -> None:
     """config.json, the range test's curve, and (resuming) the metrics up to the checkpoint."""
     settings = {**r.config.to_dict(), "lr_source": r.lr_source, **folder.extra}
     folder.write_json("config.json", settings)
     if r.history.lr_finder is not None:
         folder.write_json("lr_finder.json", r.history.lr_finder.to_dict())
+        if tb is not None and resume is None:
+            tb.range_test(r.history.lr_finder)
     if resume is not None:
         folder.rewrite_metrics(r.history.epochs)
 
@@ -678,6 +763,7 @@ def _train_epoch(
         state=state, n_images=len(s.train), config=r.config, dist=r.dist, stop=stop,
         after_step=None if r.ema is None else lambda: r.ema.update_parameters(r.model),
         callbacks=callbacks, desc=f"epoch {epoch}/{r.config.epochs}",
+        step_offset=(epoch - 1) * r.steps_per_epoch,
     )  # fmt: skip
 
 

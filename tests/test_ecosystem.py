@@ -1,0 +1,279 @@
+"""TensorBoard event files, config files, and the safetensors export in the Hugging Face layout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_RUN, run_cli
+
+from cifar_resnet import TrainConfig, fit
+from cifar_resnet.checkpoint import load_checkpoint
+from cifar_resnet.config_file import format_config, read_config_file
+from cifar_resnet.run_folder import RunFolder
+from cifar_resnet.train import Callbacks
+
+event_accumulator = pytest.importorskip(
+    "tensorboard.backend.event_processing.event_accumulator",
+    reason="the tensorboard extra is not installed",
+)
+
+# 600 training images in batches of 100: 6 steps an epoch.
+QUICK = {"width": 0.25, "batch_size": 100, "epochs": 3, "peak_epoch": 1, "device": "cpu"}
+SPE = 6
+
+
+def _events(folder: Path):
+    acc = event_accumulator.EventAccumulator(
+        str(folder), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0}
+    )
+    acc.Reload()
+    return acc
+
+
+def _steps(acc, tag: str) -> list[int]:
+    return [e.step for e in acc.Scalars(tag)]
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_event_files_hold_steps_epochs_range_test_figures_and_hparams(synthetic, tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(tensorboard=True, finder_num_iter=12, **QUICK)
+    history = fit(config, synthetic, run=RunFolder(run), progress=False)
+    acc = _events(run / "tb")
+    total = 3 * SPE
+    assert _steps(acc, "train/loss") == list(range(1, total + 1))
+    assert [e.value for e in acc.Scalars("train/lr")] == pytest.approx(history.step_lrs)
+    assert _steps(acc, "epoch/test_acc") == [SPE, 2 * SPE, 3 * SPE]
+    assert [e.value for e in acc.Scalars("epoch/test_acc")] == pytest.approx(
+        [m["test_acc"] for m in history.epochs]
+    )
+    images = set(acc.Tags()["images"])
+    assert "final/confusion_matrix" in images
+    assert ("final/misclassified" in images) == (history.final["test_acc"] < 1)
+    finder = _events(run / "tb" / "lr_find")
+    assert [e.value for e in finder.Scalars("lr_find/loss")] == pytest.approx(
+        history.lr_finder.losses
+    )
+    hparams = _events(run / "tb" / "hparams")
+    assert hparams.Scalars("hparam/test_acc")[0].value == pytest.approx(history.final["test_acc"])
+
+
+def test_a_resumed_run_continues_the_curves_without_duplicate_steps(synthetic, tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(tensorboard=True, max_lr=2e-3, **QUICK)
+
+    def crash_after_logging(metrics, epochs) -> None:
+        if metrics.epoch == 2:  # epoch 2 is logged and flushed, its checkpoint never written
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        fit(
+            config, synthetic, run=RunFolder(run), callbacks=Callbacks(on_epoch=crash_after_logging)
+        )
+    assert max(_steps(_events(run / "tb"), "train/loss")) == 2 * SPE
+    state = load_checkpoint(run)
+    assert state["epoch"] == 1
+    history = fit(config, synthetic, run=RunFolder(run, resume=True), resume=state, progress=False)
+    acc = _events(run / "tb")
+    assert _steps(acc, "train/loss") == list(range(1, 3 * SPE + 1))  # each step once
+    assert _steps(acc, "epoch/test_acc") == [SPE, 2 * SPE, 3 * SPE]
+    assert [e.value for e in acc.Scalars("epoch/test_acc")] == pytest.approx(
+        [m["test_acc"] for m in history.epochs]
+    )
+
+
+def test_tensorboard_without_the_package_is_one_line_naming_the_extra(
+    pickle_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        ["train", "--data-dir", str(pickle_dir), "--out", str(out), "--tensorboard", *TINY_RUN,
+         "--max-lr", "1e-3", "--quiet"],
+        capsys,
+    )  # fmt: skip
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "cifar-resnet: error: --tensorboard needs the tensorboard package; install it with: "
+        "pip install 'cifar-resnet[tensorboard]'"
+    ]
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Config files
+
+
+@pytest.mark.parametrize("kind", ["toml", "yaml", "json"])
+def test_print_config_fed_back_as_config_resolves_to_the_same_config(kind, tmp_path, capsys):
+    flags = ["--width", "0.5", "--max-lr", "3e-3", "--recipe", "page", "--seed", "7",
+             "--data-dir", str(tmp_path / "data"), "--no-tta"]  # fmt: skip
+    code, printed, _ = run_cli(["train", *flags, "--print-config", kind], capsys)
+    assert code == 0
+    path = tmp_path / f"settings.{kind}"
+    path.write_text(printed)
+    code, again, _ = run_cli(["train", "--config", str(path), "--print-config"], capsys)
+    assert code == 0 and again == printed
+    config = TrainConfig(**read_config_file(path))
+    assert (config.width, config.max_lr, config.recipe, config.seed, config.tta) == (
+        0.5, 3e-3, "page", 7, False,
+    )  # fmt: skip
+    assert format_config(config, kind) == printed
+
+
+def test_flags_override_the_file_which_overrides_the_defaults(tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text('width = 0.5\nepochs = 10\ndata_dir = "data"\n')
+    code, printed, _ = run_cli(
+        ["train", "--config", str(path), "--epochs", "12", "--print-config", "json"], capsys
+    )
+    assert code == 0
+    settings = json.loads(printed)
+    assert settings["width"] == 0.5 and settings["epochs"] == 12 and settings["batch_size"] == 512
+    assert settings["data_dir"] == str(tmp_path / "data")  # relative to the file's folder
+
+
+def test_a_run_folders_config_json_repeats_the_run(synthetic, tmp_path, capsys):
+    run = tmp_path / "run"
+    fit(TrainConfig(max_lr=2e-3, **QUICK), synthetic, run=RunFolder(run), progress=False)
+    saved = json.loads((run / "config.json").read_text())
+    assert "lr_source" in saved
+    config = TrainConfig(**read_config_file(run / "config.json"))
+    assert config.to_dict() == {k: v for k, v in saved.items() if k in config.to_dict()}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("unknown.toml", "widht = 0.5\n", "unknown key 'widht'"),
+        ("type.toml", 'epochs = "many"\n', "epochs"),
+        ("type.yaml", "tta: maybe\n", "tta"),
+        ("range.json", '{"max_lr": 1e9}', "max_lr"),
+        ("broken.json", "{", "not valid JSON"),
+        ("list.yaml", "- 1\n", "expected a table"),
+        ("settings.ini", "width = 1\n", "unknown config file type"),
+        ("missing.toml", None, "cannot read config file"),
+    ],
+)
+def test_each_bad_config_file_is_one_line_naming_the_file(name, text, needle, tmp_path, capsys):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    code, out, err = run_cli(["train", "--config", str(path), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cifar-resnet: error: ")
+    assert name in lines[0] and needle in lines[0], lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_config_with_resume_is_refused(tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text("width = 0.5\n")
+    code, _, err = run_cli(["train", "--resume", str(tmp_path), "--config", str(path)], capsys)
+    assert code == 2 and "--config starts a new run" in err
+
+
+def test_yaml_reads_exponent_numbers_as_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_lr: 1e-3\nweight_decay: 5e-4\n")
+    assert read_config_file(path) == {"max_lr": 1e-3, "weight_decay": 5e-4}
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors folder in the Hugging Face layout
+
+
+@pytest.fixture
+def trained(pickle_dir, tmp_path, capsys) -> Path:
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        ["train", "--data-dir", str(pickle_dir), "--cache-dir", str(tmp_path / "c"),
+         "--out", str(out), *TINY_RUN, "--max-lr", "2e-3", "--quiet", "--no-report"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    return out
+
+
+def test_safetensors_export_reloads_without_pickle_with_the_same_logits(trained, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from cifar_resnet import load_model
+    from cifar_resnet.custom_resnet import CustomResNet
+
+    folder = tmp_path / "hub"
+    code, out, err = run_cli(
+        ["export", "--checkpoint", str(trained), "--format", "safetensors", "--out", str(folder),
+         "--quiet"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
+    config = json.loads((folder / "config.json").read_text())
+    net = CustomResNet(config["num_classes"], **config["model_options"]).eval()
+    net.load_state_dict(load_file(str(folder / "model.safetensors")))  # no pickle involved
+    original = load_model(trained).model.float().eval()
+    x = torch.rand(16, 3, 32, 32)
+    with torch.no_grad():
+        assert (
+            net(x) - original(x.contiguous(memory_format=torch.channels_last))
+        ).abs().max() <= 1e-6
+    final = json.loads((trained / "final.json").read_text())
+    card = (folder / "README.md").read_text()
+    assert f"**{final['test_acc']:.2%}**" in card  # measured at export, equal to training's
+    assert config["test_acc"] == final["test_acc"]
+    assert config["classes"] == final["classes"] and config["mean"] == pytest.approx(final["mean"])
+    assert "data_dir" not in config["training_config"]  # no local paths in a shared folder
+    for name in final["classes"]:
+        assert f"| {name} |" in card
+    assert "Intended use and limits" in card
+
+
+def test_load_model_predict_and_evaluate_accept_the_folder(trained, pickle_dir, tmp_path, capsys):
+    from cifar_resnet import load_model
+
+    folder = tmp_path / "hub"
+    assert run_cli(["export", "--checkpoint", str(trained), "--format", "safetensors",
+                    "--out", str(folder), "--quiet"], capsys)[0] == 0  # fmt: skip
+    model = load_model(folder)
+    assert model.classes == load_model(trained).classes
+    code, out, err = run_cli(["evaluate", "--checkpoint", str(folder), "--data-dir",
+                              str(pickle_dir), "--json", "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    final = json.loads((trained / "final.json").read_text())
+    assert json.loads(out)["test_acc"] == final["test_acc"]
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    code, out, err = run_cli(["predict", "--checkpoint", str(folder), str(image), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)
+
+
+def test_safetensors_export_never_replaces_a_run_or_an_export_unasked(trained, tmp_path, capsys):
+    before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file() and p.name != ".lock"}
+    code, _, err = run_cli(["export", "--checkpoint", str(trained), "--format", "safetensors",
+                            "--out", str(trained), "--force", "--quiet"], capsys)  # fmt: skip
+    assert code == 2 and "holds something else" in err
+    assert {p: p.read_bytes() for p in before} == before
+    folder = tmp_path / "hub"
+    argv = ["export", "--checkpoint", str(trained), "--format", "safetensors", "--out",
+            str(folder), "--quiet"]  # fmt: skip
+    assert run_cli(argv, capsys)[0] == 0
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+    assert run_cli([*argv, "--force"], capsys)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".hub")) == []
