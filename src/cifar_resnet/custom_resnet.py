@@ -26,6 +26,9 @@ DAWNBench ResNet-9), and which options close the gap:
   Page's order: the spec fixes it.
 - Everything else (channels, residual layout, 3x3 convolutions without bias,
   the final MaxPool of 4) is the same network.
+
+The convolutions are ``cpu_conv.Conv3x3``: an ``nn.Conv2d`` (same parameters and
+state_dict) whose bf16 training on the CPU runs small maps as matrix products.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import math
 import torch
 from torch import nn
 
+from .cpu_conv import Conv3x3
 from .errors import Bounds, ConfigError, check_range
 
 NORMS = ("batch", "group", "layer")
@@ -79,9 +83,7 @@ class ConvBlock(nn.Sequential):
         dropout: float,
         conv_bias: bool,
     ) -> None:
-        layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=conv_bias)
-        ]
+        layers: list[nn.Module] = [Conv3x3(in_channels, out_channels, bias=conv_bias)]
         if pool:
             layers.append(nn.MaxPool2d(2))
         layers += [_norm(norm, out_channels), nn.ReLU(inplace=True)]
