@@ -6,7 +6,8 @@
 Runs the range test exactly as ``train`` does (``lr_range_test``: fresh weights of
 each seed, that seed's data order and augmentation, the run's precision), keeps
 each seed's raw curve, then applies every rule of ``lr_finder.RULES`` to the same
-curves, and for comparison the rule this package used before (``valley-ema``: the
+curves, and for comparison the rules this package used before: ``floor-0.1`` (the
+floor rule with a band of 10% of the fall instead of 20%) and ``valley-ema`` (the
 smoothed minimum / 10 with torch-lr-finder's exponential smoothing, factor 0.2).
 Prints, per rule, each seed's LRMAX and the spread (largest / smallest), and
 records curves and choices in
@@ -41,11 +42,14 @@ def _ema(losses: list[float], factor: float = 0.2) -> list[float]:
 def score_rules(sweeps: list[dict]) -> dict[str, dict]:
     """Every rule's LRMAX for each sweep (raw curve), and the spread over the sweeps."""
     rules = {}
-    for rule in (*RULES, "valley-ema"):
+    for rule in (*RULES, "floor-0.1", "valley-ema"):
         chosen = []
         for s in sweeps:
             if rule == "valley-ema":
                 chosen.append(choose_lrs(s["lrs"], _ema(s["losses"]), rule="valley")[0])
+            elif rule == "floor-0.1":  # the floor rule with the narrower band used before
+                smoothed = smooth_curve(s["lrs"], s["losses"], s["smooth_decades"])
+                chosen.append(choose_lrs(s["lrs"], smoothed, floor_fraction=0.1)[0])
             else:
                 smoothed = smooth_curve(s["lrs"], s["losses"], s["smooth_decades"])
                 chosen.append(choose_lrs(s["lrs"], smoothed, rule=rule)[0])
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         path = Path(args.rescore)
         recorded = json.loads(path.read_text())
         recorded["rules"] = score_rules(recorded["sweeps"])
+        recorded["rescored"] = time.strftime("%Y-%m-%d")
         path.write_text(json.dumps(recorded, indent=2) + "\n")
         _print_rules(recorded["rules"])
         return recorded

@@ -15,8 +15,9 @@ fastai and torch-lr-finder use, shifts the curve right by an amount that depends
 on the step count).
 
 The rule (``floor``, the default): the valley floor is the stretch of LRs around
-the smoothed minimum where the smoothed loss stays within ``FLOOR_FRACTION`` (10%)
-of its total fall (from the first LR down to the minimum); LRMAX is the floor's
+the smoothed minimum where the smoothed loss stays within ``FLOOR_FRACTION`` (20%)
+of its total fall (from the first LR down to the minimum), its two edges interpolated
+between grid points where the curve crosses that level; LRMAX is the floor's
 geometric centre divided by ``FLOOR_DIVISOR``, LRMIN is LRMAX divided by
 ``min_lr_divisor``. The floor's two edges are where the loss stops improving by
 learning and where it starts to suffer from the LR; both are fixed by many points
@@ -33,21 +34,26 @@ over the seeds divided by the smallest (a ratio, so the divisor does not change 
 rule, on the same curves                    width 0.25, seeds   width 1.0, seeds
                                             0-5                 0-2
 ==========================================  ==================  =================
-floor: centre of the floor                  1.52x               1.52x
-                                            8.1e-3..1.2e-2      1.3e-3..2.0e-3
+floor, band 20% of the fall, interpolated   1.26x               1.21x
+  LRMAX (centre / 2)                        3.3e-3..4.1e-3      5.3e-4..6.5e-4
+floor, band 10% (the rule before)           1.50x               1.55x
 valley, centred smoothing (min / 10)        1.52x               1.52x
-valley, torch-lr-finder's EMA (before)      2.66x               3.05x
+valley, torch-lr-finder's EMA (first rule)  2.66x               3.05x
 ==========================================  ==================  =================
+
+The band: at 10% of the fall the floor's right edge sits where the loss has only just
+begun to rise, on few points of a noisy curve; at 20% both edges are on the steep parts
+of the curve, fixed by many points, and the spread fell from 1.5x to 1.2-1.3x on the
+same sweeps. Without interpolation the edges are rounded to the grid (15% a step), and
+the centre to half a step.
 
 The divisor, 2: the floor's centre is where the loss is lowest *during* a sweep of a
 hundred steps, and the floor reaches past the LR where training diverges, because a
 sweep's loss takes some steps to blow up (on a quadratic whose plain-SGD step diverges
-at LR 1, the floor is 0.5..7; ``tests/test_lr_finder.py``). Measured runs on CIFAR-10:
-at width 0.25, LRMAX 4e-3 beat 1.75e-3 (85.69% against 85.00%; the floor's centre
-there is 8e-3..1.2e-2); at width 1.0, LRMAX 1.32e-3 reached 89.75% (the centre there
-is 1.3e-3..2.0e-3). Dividing by 2 puts LRMAX at 4e-3..6e-3 for width 0.25 and at
-0.7e-3..1.0e-3 for width 1.0, and below the quadratic's divergence point; 1.5 would
-overshoot it. Two runs are thin evidence: a finer LR grid would pin the divisor better.
+at LR 1, the floor is 0.24..7.1 and the choice 0.65; ``tests/test_lr_finder.py``).
+At width 0.25, 24 epochs, LRMAX 4e-3 beat 1.75e-3 (85.69% against 85.00%); the
+floor's centre there is 6.6e-3..8.3e-3, which the divisor 2 brings to 3.3e-3..4.1e-3.
+The runs at width 1.0 that bear on it are in the README's results.
 
 The ``steepest`` rule picks the early slope, which in a one-epoch test is mostly
 training progress, not the LR's effect (5e-5..1.3e-4 on the same curves, a spread
@@ -79,7 +85,7 @@ from .errors import ConfigError
 from .runtime import Runtime
 
 RULES = ("floor", "valley", "steepest")
-FLOOR_FRACTION = 0.1  # the floor: smoothed loss within this fraction of its fall from the start
+FLOOR_FRACTION = 0.2  # the floor: smoothed loss within this fraction of its fall from the start
 FLOOR_DIVISOR = 2.0  # LRMAX = geometric centre of the floor / this (module docstring)
 VALLEY_DIVISOR = 10.0  # LRMAX = LR of the smoothed minimum / this
 _DIVERGE_WINDOW = 5  # steps averaged for the early-stop test
@@ -150,9 +156,17 @@ def smooth_curve(
     return (weights @ y / weights.sum(1)).tolist()
 
 
-def valley_floor(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[float, float]:
-    """LR edges of the stretch around the smoothed minimum within FLOOR_FRACTION of the fall."""
+def valley_floor(
+    lrs: Sequence[float], smoothed: Sequence[float], fraction: float = FLOOR_FRACTION
+) -> tuple[float, float]:
+    """LR edges of the stretch around the smoothed minimum within ``fraction`` of the fall.
+
+    Each edge is where the smoothed loss crosses the ceiling, interpolated linearly in
+    log10(LR) between the two steps around the crossing, so the choice is not rounded to
+    the sweep's grid (a 100-step sweep from 1e-6 to 1 moves 15% in LR a step).
+    """
     loss = np.asarray(smoothed, dtype=np.float64)
+    x = np.log10(np.asarray(lrs, dtype=np.float64))
     lowest = int(np.argmin(loss))
     fall = loss[0] - loss[lowest]
     if not fall > 0:
@@ -160,13 +174,20 @@ def valley_floor(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[float
             "the loss never fell during the LR range test; raise --finder-end-lr or "
             "--finder-num-iter, or give --max-lr"
         )
-    ceiling = loss[lowest] + FLOOR_FRACTION * fall
+    ceiling = loss[lowest] + fraction * fall
     low = high = lowest
     while low > 0 and loss[low - 1] <= ceiling:
         low -= 1
     while high < len(loss) - 1 and loss[high + 1] <= ceiling:
         high += 1
-    return float(lrs[low]), float(lrs[high])
+
+    def crossing(inside: int, outside: int) -> float:  # log10 LR where the loss meets the ceiling
+        if outside < 0 or outside >= len(loss):
+            return float(x[inside])  # the floor runs to the end of the sweep
+        t = (ceiling - loss[inside]) / (loss[outside] - loss[inside])
+        return float(x[inside] + t * (x[outside] - x[inside]))
+
+    return 10 ** crossing(low, low - 1), 10 ** crossing(high, high + 1)
 
 
 def choose_lrs(
@@ -176,6 +197,7 @@ def choose_lrs(
     rule: str = "floor",
     min_lr_divisor: float = 10.0,
     skip_start: int = 5,
+    floor_fraction: float = FLOOR_FRACTION,
 ) -> tuple[float, float]:
     """(LRMAX, LRMIN) from a range-test curve by ``rule`` (see the module docstring)."""
     if rule not in RULES:
@@ -188,7 +210,7 @@ def choose_lrs(
     log_lr = np.log10(np.asarray(lrs, dtype=np.float64))
     lowest = int(np.argmin(loss))
     if rule == "floor":
-        low, high = valley_floor(lrs, smoothed)
+        low, high = valley_floor(lrs, smoothed, floor_fraction)
         max_lr = math.sqrt(low * high) / FLOOR_DIVISOR
     elif rule == "valley":
         max_lr = lrs[lowest] / VALLEY_DIVISOR
