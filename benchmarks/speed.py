@@ -9,8 +9,12 @@ Paths, all on the same model, optimizer, batch size and images:
     the device as uint8, batched on-device augmentation, channels_last, and the
     precision ``--precision auto`` picks (bf16 autocast on CUDA and on CPUs with
     AMX or AVX512-BF16);
+(a') ``cifar-resnet (bf16, oneDNN convolutions)`` (bf16 on the CPU): (a) with every
+    convolution left to oneDNN, i.e. without ``cpu_conv``'s matrix products on the
+    small maps;
 (b) ``cifar-resnet (fp32)``: the same in fp32;
-(c) the baseline as the assignment's users wrote it: a Dataset of HWC uint8 arrays
+(c) the baseline as the assignment's users wrote it (plain ``nn.Conv2d`` throughout):
+    a Dataset of HWC uint8 arrays
     with per-image torchvision transforms (RandomCrop(32, padding=4),
     RandomHorizontalFlip, ToTensor, Normalize, an 8x8 CutOut), a DataLoader with
     worker processes, NCHW, fp32, torch's OneCycleLR, ``loss.item()`` every step;
@@ -50,6 +54,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from cifar_resnet.config import TrainConfig
+from cifar_resnet.cpu_conv import gemm_convolutions
 from cifar_resnet.data import channel_stats, load_cifar10
 from cifar_resnet.runtime import Runtime, cpu_has_bf16, keep_freed_memory, resolve_runtime
 from cifar_resnet.splits import Split, train_batches
@@ -64,6 +69,7 @@ from cifar_resnet.train import (
 
 BASELINE = "baseline (DataLoader, per-image transforms, fp32)"
 BASELINE_BF16 = "baseline + bf16 autocast"
+ONEDNN_ONLY = "cifar-resnet (bf16, oneDNN convolutions)"
 AMX_FLOP_PER_CYCLE = 1024  # bf16, per core (Intel AMX: TMUL 16x32 bf16 x 32x16 per cycle)
 
 
@@ -229,16 +235,21 @@ def main(argv: list[str] | None = None) -> dict:
         return model, opt, build_scheduler(opt, config, args.images)
 
     fp32 = resolve_runtime(args.device, "fp32")
-    ours = {f"cifar-resnet (default: {default.precision})": (default, True)}
-    ours["cifar-resnet (fp32)"] = (fp32, True)
+    # name: (runtime, keep freed memory, small-map convolutions as matrix products)
+    ours = {f"cifar-resnet (default: {default.precision})": (default, True, True)}
+    if on_cpu and default.precision == "bf16":
+        ours[ONEDNN_ONLY] = (default, True, False)
+    ours["cifar-resnet (fp32)"] = (fp32, True, True)
     if args.extras and on_cpu:
         ours[f"cifar-resnet ({default.precision}, NCHW)"] = (
-            Runtime(dev, default.autocast_dtype, channels_last=False), True)  # fmt: skip
-        ours[f"cifar-resnet ({default.precision}, default malloc)"] = (default, False)
+            Runtime(dev, default.autocast_dtype, channels_last=False), True, True)  # fmt: skip
+        ours[f"cifar-resnet ({default.precision}, default malloc)"] = (default, False, True)
     paths: dict[str, dict] = {}
-    for name, (runtime, keep) in ours.items():
+    for name, (runtime, keep, gemm) in ours.items():
         gen = torch.Generator(device=dev).manual_seed(0)
-        paths[name] = {"run": (fresh(runtime), runtime, gen), "keep": keep, "seconds": []}
+        paths[name] = {
+            "run": (fresh(runtime), runtime, gen), "keep": keep, "gemm": gemm, "seconds": []
+        }  # fmt: skip
 
     tf = T.Compose([
         T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
@@ -258,18 +269,21 @@ def main(argv: list[str] | None = None) -> dict:
             opt, max_lr=2e-3, total_steps=steps, pct_start=1 / config.epochs,
             anneal_strategy="linear", div_factor=10, final_div_factor=1, cycle_momentum=False,
         )  # fmt: skip
-        paths[name] = {"baseline": (model, opt, sched, bf16), "keep": False, "seconds": []}
+        paths[name] = {
+            "baseline": (model, opt, sched, bf16), "keep": False, "gemm": False, "seconds": []
+        }  # fmt: skip
 
     for rnd in range(args.rounds + 1):  # one untimed warm-up epoch each, then alternate
         for name, entry in paths.items():
             if on_cpu:
                 keep_freed_memory(entry["keep"])
-            if "run" in entry:
-                (net, opt, sched), runtime, gen = entry["run"]
-                seconds = _ours(net, opt, sched, config, runtime, split, gen)
-            else:
-                model, opt, sched, bf16 = entry["baseline"]
-                seconds = _baseline_epoch(model, opt, sched, loader, dev, bf16)
+            with gemm_convolutions(entry["gemm"]):  # baselines: plain nn.Conv2d throughout
+                if "run" in entry:
+                    (net, opt, sched), runtime, gen = entry["run"]
+                    seconds = _ours(net, opt, sched, config, runtime, split, gen)
+                else:
+                    model, opt, sched, bf16 = entry["baseline"]
+                    seconds = _baseline_epoch(model, opt, sched, loader, dev, bf16)
             if rnd > 0:
                 entry["seconds"].append(seconds)
             print(f"round {rnd} {name}: {seconds:.2f} s" + (" (warm-up)" if rnd == 0 else ""))

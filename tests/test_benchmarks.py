@@ -49,7 +49,7 @@ def test_speed_times_every_path_and_records_the_ratios(data_dir, tmp_path):
         f"cifar-resnet ({precision}, default malloc)",
         "baseline (DataLoader, per-image transforms, fp32)",
         "baseline + bf16 autocast",
-    }
+    } | ({"cifar-resnet (bf16, oneDNN convolutions)"} if precision == "bf16" else set())
     base = paths["baseline (DataLoader, per-image transforms, fp32)"]["images_per_second"]
     base_bf16 = paths["baseline + bf16 autocast"]["images_per_second"]
     flop = result["train_flop_per_image"]

@@ -16,10 +16,15 @@ from cifar_resnet.config_file import format_config, read_config_file
 from cifar_resnet.run_folder import RunFolder
 from cifar_resnet.train import Callbacks
 
-event_accumulator = pytest.importorskip(
-    "tensorboard.backend.event_processing.event_accumulator",
-    reason="the tensorboard extra is not installed",
-)
+
+@pytest.fixture
+def event_accumulator():
+    """tensorboard's own event reader; only the TensorBoard tests skip without the extra."""
+    return pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator",
+        reason="the tensorboard extra is not installed",
+    )
+
 
 # 600 training images in batches of 100: 6 steps an epoch.
 QUICK = {"width": 0.25, "batch_size": 100, "epochs": 3, "peak_epoch": 1, "device": "cpu"}
@@ -27,6 +32,8 @@ SPE = 6
 
 
 def _events(folder: Path):
+    from tensorboard.backend.event_processing import event_accumulator
+
     acc = event_accumulator.EventAccumulator(
         str(folder), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0}
     )
@@ -42,7 +49,9 @@ class _Crash(Exception):
     pass
 
 
-def test_event_files_hold_steps_epochs_range_test_figures_and_hparams(synthetic, tmp_path):
+def test_event_files_hold_steps_epochs_range_test_figures_and_hparams(
+    synthetic, tmp_path, event_accumulator
+):
     run = tmp_path / "run"
     config = TrainConfig(tensorboard=True, finder_num_iter=12, **QUICK)
     history = fit(config, synthetic, run=RunFolder(run), progress=False)
@@ -50,10 +59,11 @@ def test_event_files_hold_steps_epochs_range_test_figures_and_hparams(synthetic,
     total = 3 * SPE
     assert _steps(acc, "train/loss") == list(range(1, total + 1))
     assert [e.value for e in acc.Scalars("train/lr")] == pytest.approx(history.step_lrs)
-    assert _steps(acc, "epoch/test_acc") == [SPE, 2 * SPE, 3 * SPE]
-    assert [e.value for e in acc.Scalars("epoch/test_acc")] == pytest.approx(
-        [m["test_acc"] for m in history.epochs]
-    )
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        assert _steps(acc, f"epoch/{key}") == [SPE, 2 * SPE, 3 * SPE]
+        assert [e.value for e in acc.Scalars(f"epoch/{key}")] == pytest.approx(
+            [m[key] for m in history.epochs]
+        )
     images = set(acc.Tags()["images"])
     assert "final/confusion_matrix" in images
     assert ("final/misclassified" in images) == (history.final["test_acc"] < 1)
@@ -65,7 +75,9 @@ def test_event_files_hold_steps_epochs_range_test_figures_and_hparams(synthetic,
     assert hparams.Scalars("hparam/test_acc")[0].value == pytest.approx(history.final["test_acc"])
 
 
-def test_a_resumed_run_continues_the_curves_without_duplicate_steps(synthetic, tmp_path):
+def test_a_resumed_run_continues_the_curves_without_duplicate_steps(
+    synthetic, tmp_path, event_accumulator
+):
     run = tmp_path / "run"
     config = TrainConfig(tensorboard=True, max_lr=2e-3, **QUICK)
 
@@ -155,6 +167,8 @@ def test_a_run_folders_config_json_repeats_the_run(synthetic, tmp_path, capsys):
         ("unknown.toml", "widht = 0.5\n", "unknown key 'widht'"),
         ("type.toml", 'epochs = "many"\n', "epochs"),
         ("type.yaml", "tta: maybe\n", "tta"),
+        ("fraction.toml", "epochs = 24.0\n", "--epochs must be a whole number"),
+        ("huge.json", '{"seed": 1' + "0" * 400 + "}", "--seed must be in"),
         ("range.json", '{"max_lr": 1e9}', "max_lr"),
         ("broken.json", "{", "not valid JSON"),
         ("list.yaml", "- 1\n", "expected a table"),

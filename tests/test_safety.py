@@ -295,6 +295,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_kill_9_leaves_no_lock(
         ("--finder-end-lr", "inf"),
         ("--width", "inf"),
         ("--seed", "99999999999999999999999"),
+        ("--seed", "1" + "0" * 400),  # beyond every float
         ("--crop-padding", "3000"),
         ("--batch-size", "10000000"),
         ("--epochs", "1e9"),
@@ -307,6 +308,18 @@ def test_infinite_and_huge_numbers_are_refused(flag, value, earlier, data_dir, c
     assert code == 2 and "Traceback" not in err
     assert flag in err.strip().splitlines()[-1] and len(err.strip().splitlines()) == 1
     assert _checksums(earlier) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["data", "--out", "X", "--seed", "1" + "0" * 400], ["summary", "--depth", "1" + "0" * 400]],
+)
+def test_the_other_commands_numbers_have_ranges_too(args, tmp_path, capsys):
+    args = [str(tmp_path / a) if a == "X" else a for a in args]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "must be a whole number in" in err
+    assert not (tmp_path / "X").exists()
 
 
 def test_json_files_never_hold_nan_or_infinity(tmp_path):

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -419,6 +419,19 @@ def _positive_int(value: str) -> int:
     raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value!r}")
 
 
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high]."""
+
+    def parse(value: str) -> int:
+        digits = value[1:] if value[:1] == "-" else value
+        if digits.isdigit() and len(digits) <= 30 and low <= int(value) <= high:
+            return int(value)
+        shown = value if len(value) <= 24 else value[:20] + "..."
+        raise argparse.ArgumentTypeError(f"must be a whole number in [{low}, {high}], got {shown}")
+
+    return parse
+
+
 def _limit_or_all(value: str) -> int | None:
     """A --limit-* value of train: N, or all (None: every image)."""
     if value == "all":
@@ -590,7 +603,10 @@ def _add_insight_commands(sub: Any) -> None:
     p.add_argument("--cache-dir", help="cache folder (default ~/.cache/cifar_resnet)")
     p.add_argument("--out", required=True, help="folder for data.json and the PNG figures")
     p.add_argument("--per-class", type=_positive_int, default=4, help="samples per class shown")
-    p.add_argument("--seed", type=int, default=0, help="seed for the samples and augmentation")
+    p.add_argument(
+        "--seed", type=_bounded_int(0, 2**62), default=0,
+        help="seed for the samples and augmentation",
+    )  # fmt: skip
     p.add_argument("--force", action="store_true", help="overwrite an analysis already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_data)
@@ -635,7 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
     p.add_argument("--norm", choices=("batch", "group", "layer"), default="batch")
     p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--depth", type=int, default=3, help="nesting depth of the table")
+    p.add_argument(
+        "--depth", type=_bounded_int(0, 10), default=3, help="nesting depth of the table"
+    )
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("train", help="train and evaluate on the test split after every epoch")

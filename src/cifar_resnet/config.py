@@ -13,6 +13,7 @@ the assignment's training exactly, with the weight decay chosen by measurement.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -248,7 +249,7 @@ def check_field(f: dataclasses.Field, value: Any, kind: type) -> None:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is bool and not isinstance(value, bool):
         raise ConfigError(f"{flag} must be true or false, got {value!r}")
-    if kind is int and not (is_number and float(value).is_integer()):
+    if kind is int and not (is_number and isinstance(value, int)):
         raise ConfigError(f"{flag} must be a whole number, got {value!r}")
     if kind is float and not is_number:
         raise ConfigError(f"{flag} must be a number, got {value!r}")
@@ -259,7 +260,11 @@ def check_field(f: dataclasses.Field, value: Any, kind: type) -> None:
         raise ConfigError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
     bounds = f.metadata.get("bounds")
     if bounds is not None:
-        check_range(flag, float(value), bounds)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond every float is beyond every range
+            number = math.inf if value > 0 else -math.inf
+        check_range(flag, number, bounds)
 
 
 def field_types() -> dict[str, type]:
