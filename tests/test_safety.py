@@ -132,6 +132,37 @@ def test_force_replaces_the_earlier_run_once_the_new_one_checkpoints(earlier, da
     assert not list(earlier.glob(".replaced-*"))
 
 
+def test_a_force_killed_before_its_first_checkpoint_gives_the_earlier_run_back(
+    earlier, data_dir, capsys
+):
+    """kill -9 while a forced run replaces an earlier one, before its first checkpoint: the
+    next process to open the folder (a resume here) finds the earlier run as it was."""
+    before = _checksums(earlier)
+    proc = _start(_args(data_dir, earlier, "--force", "--seed", "9"))
+    _wait_for(lambda: (earlier / "config.json").exists() and list(earlier.glob(".replaced-*")),
+              proc)  # fmt: skip
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert list(earlier.glob(".replaced-*"))  # the earlier run waits aside
+    code, _, err = run_cli(["train", "--resume", str(earlier), "--quiet"], capsys)
+    _one_line(code, err, "already finished")  # the earlier, finished run: nothing to resume
+    assert _checksums(earlier) == before and not list(earlier.glob(".replaced-*"))
+
+
+def test_resuming_a_checkpoint_that_is_not_its_runs_last_needs_a_new_folder(
+    earlier, tmp_path, capsys
+):
+    before = _checksums(earlier)
+    backup = earlier / "checkpoints" / "epoch1.pt"  # a copy kept beside the run's own
+    backup.write_bytes((earlier / "checkpoints" / "last.pt").read_bytes())
+    for extra in ([], ["--out", str(earlier)]):
+        code, _, err = run_cli(["train", "--resume", str(backup), "--quiet", *extra], capsys)
+        _one_line(code, err, "epoch1.pt", "new")
+    backup.unlink()
+    assert _checksums(earlier) == before
+
+
 def test_lr_find_never_touches_a_training_run(earlier, data_dir, capsys):
     before = _checksums(earlier)
     argv = ["lr-find", "--data-dir", str(data_dir), "--cache-dir", str(data_dir / "cache"),
@@ -342,8 +373,8 @@ def test_json_files_never_hold_nan_or_infinity(tmp_path):
 # 5. A full disk at each write of a run: one line, exit 2, and a run that continues
 
 
-_TARGETS = [("config.json", 1), ("metrics.jsonl", 2), ("last.pt", 2), ("final.json", 1),
-            ("report.html", 1)]  # fmt: skip
+_TARGETS = [("config.json", 1), ("last.pt", 1), ("metrics.jsonl", 2), ("last.pt", 2),
+            ("final.json", 1), ("report.html", 1)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "nth"), _TARGETS)
@@ -354,7 +385,7 @@ def test_a_full_disk_at_each_write_ends_in_one_line_and_the_run_continues(
     real = run_folder.atomic_write
     seen = []
 
-    def full_disk(path: Path, write) -> None:
+    def full_disk(path: Path, write, **how) -> None:
         if path.name == name:
             seen.append(path)
             if len(seen) == nth:
@@ -362,20 +393,22 @@ def test_a_full_disk_at_each_write_ends_in_one_line_and_the_run_continues(
                 def fail(f) -> None:
                     raise OSError(errno.ENOSPC, "No space left on device")
 
-                return real(path, fail)
-        return real(path, write)
+                return real(path, fail, **how)
+        return real(path, write, **how)
 
     monkeypatch.setattr(run_folder, "atomic_write", full_disk)
     code, _, err = run_cli(_args(data_dir, out), capsys)
     _one_line(code, err, "No space left on device", name)
     monkeypatch.setattr(run_folder, "atomic_write", real)  # space freed
     if name == "config.json":  # nothing was trained: the same command starts afresh
+        assert "then run the same command again" in err
         assert not out.exists()
         assert run_cli(_args(data_dir, out), capsys)[0] == 0
     elif name == "report.html":  # the run is whole; its report is rebuilt on its own
-        assert "cifar-resnet report" in err
+        assert f"build it with: cifar-resnet report {out}" in err and "--resume" not in err
         assert run_cli(["report", str(out), "--quiet"], capsys)[0] == 0
-    else:
+    else:  # the first checkpoint too: a run with none yet starts again from its settings
+        assert f"then continue with: cifar-resnet train --resume {out}" in err
         code, _, err = run_cli(["train", "--resume", str(out), "--quiet"], capsys)
         assert code == 0, err
     _same_final_weights(reference, out)
@@ -402,10 +435,13 @@ def _until(predicate, proc: _Child, timeout: float = 120) -> bool:
     raise AssertionError("timed out")
 
 
-def _trial(data_dir: Path, out: Path, reference: Path, moment: str, rng: random.Random) -> None:
+def _trial(data_dir: Path, out: Path, reference: Path, moment: str, rng: random.Random) -> bool:
     proc = _start(_args(data_dir, out))
     first = out / "checkpoints" / "last.pt"
-    if moment == "training":
+    if moment == "starting":  # after config.json, before the first checkpoint
+        _until((out / "config.json").exists, proc)
+        time.sleep(rng.uniform(0, 0.3))
+    elif moment == "training":
         _until(first.exists, proc)
         time.sleep(rng.uniform(0, 1.0))
     elif moment == "checkpointing":  # a checkpoint after the first is being written
@@ -418,22 +454,25 @@ def _trial(data_dir: Path, out: Path, reference: Path, moment: str, rng: random.
     proc.communicate(timeout=60)
     if proc.returncode == 0:  # it finished before the signal: nothing to recover
         _same_final_weights(reference, out)
-        return
+        return False
+    assert proc.returncode == -signal.SIGKILL
     # The report is rebuilt only where the kill hit it: the weights are what is compared.
     code, err = _run(["train", "--resume", str(out), "--quiet",
                       *([] if moment == "report" else ["--no-report"])])  # fmt: skip
     finished = "already finished" in err and "report" in err
     assert code == 0 or finished, err
     _same_final_weights(reference, out)
+    return True
 
 
 def test_kill_9_at_random_moments_always_leaves_a_run_that_resumes_exactly(
     reference, data_dir, tmp_path
 ):
     rng = random.Random(0)
-    moments = ["training"] * 10 + ["checkpointing"] * 6 + ["report"] * 4
-    for i, moment in enumerate(moments):
-        _trial(data_dir, tmp_path / f"trial{i}", reference, moment, rng)
+    moments = ["starting"] * 4 + ["training"] * 10 + ["checkpointing"] * 6 + ["report"] * 4
+    killed = [_trial(data_dir, tmp_path / f"trial{i}", reference, moment, rng)
+              for i, moment in enumerate(moments)]  # fmt: skip
+    assert sum(killed) >= 20  # a trial that finished before its kill proves nothing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,6 +542,33 @@ def test_evaluate_into_a_closed_pipe_is_quiet(reference):
     err = proc.stderr.read()
     assert proc.returncode == 0, err
     assert "BrokenPipe" not in err and "Traceback" not in err and "Exception" not in err
+
+
+@pytest.mark.parametrize("stage", ["unpacking", "downloading"])
+def test_a_full_cache_disk_says_so_and_names_cache_dir(stage, tmp_path, capsys, monkeypatch):
+    import tarfile
+
+    import torchvision.datasets.utils as tv_utils
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "d"
+    argv = ["data", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet"]
+    if stage == "unpacking":
+        tree = _image_tree(tmp_path / "tree")
+        archive = tmp_path / "cifar.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(tree, arcname="cifar")
+        monkeypatch.setattr(tarfile.TarFile, "extract", full)
+        argv += ["--data-dir", str(archive)]
+    else:
+        monkeypatch.setattr(tv_utils, "download_and_extract_archive", full)
+    code, _, err = run_cli(argv, capsys)
+    line = _one_line(code, err, "No space left on device", "free space", "--cache-dir")
+    assert "damaged" not in line and "--data-dir" not in line
+    assert not out.exists()
+    assert not [p for p in (tmp_path / "cache").glob("*") if p.name.startswith(("extract", "dow"))]
 
 
 def test_a_half_unpacked_archive_of_a_killed_process_is_cleaned_up(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import signal
 import sys
 import time
@@ -114,7 +115,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .run_folder import RunFolder
+    from .run_folder import RunFolder, settle_replaced
     from .train import fit
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
@@ -123,6 +124,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume and args.config:
         raise ConfigError("--config starts a new run; a resumed run keeps its own settings")
     if args.resume:
+        settle_replaced(args.resume)  # a killed --force: its earlier run comes back first
+    restart = _unstarted_run(args) if args.resume else None
+    if restart is not None:  # stopped before its first checkpoint: it starts again
+        out, config, saved_choice = restart
+        state = None
+        report = args.report if args.report is not None else saved_choice
+        run = RunFolder(out, resume=True) if main_rank else None
+        if not args.quiet and main_rank:
+            print(f"resuming {out} from the start: it stopped before its first checkpoint")
+    elif args.resume:
         out, config, record, in_place = _resume_target(args)
         state = record.state
         saved_choice = bool(record.config_json().get("report", True))
@@ -208,14 +219,8 @@ def _finish_train(
     return 0
 
 
-def _resume_target(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any, bool]:
-    """Folder, config and checkpoint for ``train --resume``; whether it continues in place.
-
-    A checkpoint inside a run folder continues there (or in ``--out``); a loose one needs
-    ``--out``. Only --data-dir, --cache-dir and --device may change.
-    """
-    from .run_folder import RunRecord
-
+def _check_resume_flags(args: argparse.Namespace) -> None:
+    """ConfigError unless every training setting given is one a resumed run may change."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     fixed = sorted(k for k in vars(args) if k in names and k not in RESUME_OVERRIDES)
     if fixed:
@@ -224,14 +229,65 @@ def _resume_target(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any, bo
             f"--resume continues the run with its saved settings; drop {', '.join(flags)} "
             "(only --data-dir, --cache-dir and --device may change)"
         )
-    record = RunRecord.open(args.resume)
-    if args.out is None and record.folder is None:
+
+
+def _unstarted_run(args: argparse.Namespace) -> tuple[Path, TrainConfig, bool] | None:
+    """``--resume`` of a run folder that stopped before its first checkpoint (killed during
+    the range test or epoch 1): its folder, saved config, and report choice; else None.
+
+    Such a run starts again from its saved settings; LRs its range test found are found
+    again (the test is deterministic on the CPU), so it ends as an unbroken run would.
+    Files of the attempt that saved nothing (its TensorBoard events) are replaced.
+    """
+    from .config_file import read_config_file
+    from .run_folder import read_json
+
+    folder = Path(args.resume)
+    saved = folder / "config.json"
+    if not folder.is_dir() or (folder / "checkpoints" / "last.pt").exists() or not saved.is_file():
+        return None
+    if args.out is not None and Path(args.out).resolve() != folder.resolve():
         raise ConfigError(
-            f"{record.checkpoint} is not inside a run folder (RUN/checkpoints/last.pt); "
+            f"{folder} stopped before its first checkpoint, so there is nothing to continue "
+            "elsewhere; drop --out to start it again in place"
+        )
+    _check_resume_flags(args)
+    recorded = read_json(saved)
+    values = read_config_file(saved)
+    if recorded.get("lr_source") == "found":  # found by the range test: found again
+        values.pop("max_lr", None)
+        values.pop("min_lr", None)
+    values.update({k: getattr(args, k) for k in RESUME_OVERRIDES if k in vars(args)})
+    shutil.rmtree(folder / "tb", ignore_errors=True)
+    return folder, TrainConfig(**values), bool(recorded.get("report", True))
+
+
+def _resume_target(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any, bool]:
+    """Folder, config and checkpoint for ``train --resume``; whether it continues in place.
+
+    A checkpoint inside a run folder continues there (or in ``--out``); a loose one needs
+    ``--out``. Only --data-dir, --cache-dir and --device may change.
+    """
+    from .run_folder import RunRecord
+
+    _check_resume_flags(args)
+    record = RunRecord.open(args.resume)
+    own = record.folder is not None and (
+        record.checkpoint.resolve() == (record.folder / "checkpoints" / "last.pt").resolve()
+    )  # a run's own last.pt continues in place; any other file would overwrite a later state
+    if args.out is None and not own:
+        where = "is not inside a run folder" if record.folder is None else "is not its run's"
+        raise ConfigError(
+            f"{record.checkpoint} {where} last checkpoint (RUN/checkpoints/last.pt); "
             "pass --out FOLDER to continue it in a new run folder"
         )
     out = Path(args.out) if args.out is not None else record.folder
-    in_place = record.folder is not None and out.resolve() == record.folder.resolve()
+    in_place = own and out.resolve() == record.folder.resolve()
+    if not in_place and record.folder is not None and out.resolve() == record.folder.resolve():
+        raise ConfigError(
+            f"--out {out} is the run {record.checkpoint} came from; continuing that file there "
+            "would overwrite the run's later checkpoint; choose a new folder"
+        )
     if args.force and in_place:
         raise ConfigError("--force with --resume replaces nothing; drop --force")
     overrides = {k: getattr(args, k) for k in RESUME_OVERRIDES if k in vars(args)}
@@ -537,10 +593,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
     except OSError as e:
         raise CifarResnetError(f"cannot create --out {out} ({e.strerror or e})") from None
     blob = (json.dumps(summary.to_dict(), indent=2) + "\n").encode()
-    atomic_write(out / "data.json", lambda f: f.write(blob))
+    again = "run the same command again"
+    atomic_write(out / "data.json", lambda f: f.write(blob), then=again)
     for name, fig in figures.items():
         png = figure_png(fig)
-        atomic_write(out / f"{name}.png", lambda f, png=png: f.write(png))
+        atomic_write(out / f"{name}.png", lambda f, png=png: f.write(png), then=again)
     print(format_summary(summary))
     print(f"wrote data.json, {', '.join(f'{n}.png' for n in figures)} in {out}")
     return 0
@@ -563,14 +620,15 @@ def _write_report(
     from .report import build_report, load_run
     from .run_folder import FolderLock, atomic_write
 
-    results = load_run(
-        run_dir, data_dir=data_dir, cache_dir=cache_dir, device=device, progress=progress
-    )
-    page = build_report(results, gradcam_layer=layer or DEFAULT_LAYER, progress=progress).encode()
     path = Path(run_dir) / "report.html"
-    held = FolderLock(Path(run_dir)) if lock else None
+    held = FolderLock(Path(run_dir)) if lock and Path(run_dir).is_dir() else None
     try:
-        atomic_write(path, lambda f: f.write(page))
+        results = load_run(
+            run_dir, data_dir=data_dir, cache_dir=cache_dir, device=device, progress=progress
+        )
+        page = build_report(results, gradcam_layer=layer or DEFAULT_LAYER, progress=progress)
+        rebuild = f"build it with: {PROG} report {run_dir}"
+        atomic_write(path, lambda f: f.write(page.encode()), then=rebuild if lock else "")
     finally:
         if held is not None:
             held.release()

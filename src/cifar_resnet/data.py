@@ -173,6 +173,8 @@ def _download(url: str, md5: str, cache: Path) -> Path:
             EOFError,
             zlib.error,
         ) as exc:
+            if _disk_problem(exc):
+                raise DataError(_cache_unwritable(cache, exc)) from exc
             # torchvision signals a checksum mismatch with a RuntimeError after the download.
             verified = archive.is_file() and check_integrity(str(archive), md5)
             if isinstance(exc, RuntimeError) and archive.is_file() and not verified:
@@ -194,10 +196,13 @@ def _download(url: str, md5: str, cache: Path) -> Path:
                 f"the archive from {url} has no {_PICKLE_DIR} folder: check the URL, or "
                 f"{_LOCAL_COPY_HINT}"
             )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(found, target)
-        stamp.write_text(_stamp(archive, md5))
+        try:
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(found, target)
+            stamp.write_text(_stamp(archive, md5))
+        except OSError as exc:
+            raise DataError(_cache_unwritable(cache, exc)) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -532,7 +537,7 @@ def _extract(archive: Path, target: Path, progress: bool) -> Path:
         ) from exc
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        if _disk_problem(exc):
             raise DataError(
                 f"cannot unpack {archive} into {target.parent} ({oneline(exc)}): free space "
                 "there or pass --cache-dir to another folder"
@@ -560,6 +565,20 @@ def _extract(archive: Path, target: Path, progress: bool) -> Path:
     return target
 
 
+def _disk_problem(exc: BaseException) -> bool:
+    """An OSError of the disk being written (full, over quota, read-only, not permitted)."""
+    return isinstance(exc, OSError) and exc.errno in (
+        errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+    )  # fmt: skip
+
+
+def _cache_unwritable(cache: Path, exc: OSError) -> str:
+    return (
+        f"cannot write the download into the cache {cache} ({oneline(exc)}): free space "
+        "there or pass --cache-dir to another folder"
+    )
+
+
 def _remove_stale_partials(target: Path) -> None:
     """Delete half-unpacked copies of ``target`` left by processes that died (``kill -9``).
 
@@ -567,12 +586,13 @@ def _remove_stale_partials(target: Path) -> None:
     """
     for partial in target.parent.glob(f"{target.name}.partial-*"):
         pid = partial.name[len(target.name) + len(".partial-") :].split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or process_alive(int(pid)):
             continue
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (the owner of a temporary folder, say)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

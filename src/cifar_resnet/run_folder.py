@@ -28,8 +28,10 @@ except ImportError:  # Windows: no flock; folders are not locked there
 
 from .checkpoint import checkpoint_path, config_from_checkpoint, load_checkpoint, train_state
 from .config import TrainConfig
+from .data import process_alive
 from .errors import CheckpointError, oneline
 from .records import TrainState, finite_json
+from .tensorboard_log import TB_DIR  # moved aside and put back with the run it belongs to
 
 RUN_FILES = (
     "config.json",
@@ -45,12 +47,12 @@ LOCK_FILE = ".lock"
 ASIDE_PREFIX = ".replaced-"  # an earlier run moved aside by --force until the new one checkpoints
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None], then: str = "") -> None:
     """Write ``path`` through ``write(file)``: readers see the old or the new file, never half.
 
     A failed write (a full disk, say) leaves the old file in place and raises
-    CheckpointError naming the file. ``torch.save`` reports a full disk as a
-    RuntimeError, so that counts as a failed write too.
+    CheckpointError naming the file and, after ``then``, how to go on. ``torch.save``
+    reports a full disk as a RuntimeError, so that counts as a failed write too.
     """
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -64,8 +66,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else oneline(e, 120)
         kept = "; the previous version is kept" if path.exists() else ""
         raise CheckpointError(
-            f"cannot write {path} ({reason}){kept}; free space or fix permissions, "
-            "then continue with --resume"
+            f"cannot write {path} ({reason}){kept}; free space or fix permissions"
+            + (f", then {then}" if then else "")
         ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -127,6 +129,37 @@ class FolderLock:
         self._file = None
 
 
+def _stale_asides(folder: Path) -> list[Path]:
+    """Earlier runs moved aside by ``--force`` processes that are gone."""
+    stale = []
+    for aside in sorted(folder.glob(f"{ASIDE_PREFIX}*")):
+        pid = aside.name.rsplit("-", 1)[-1]
+        if aside.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            stale.append(aside)
+    return stale
+
+
+def settle_replaced(folder: str | Path) -> None:
+    """Settle what a ``--force`` killed mid-way (``kill -9``, a power cut) left in ``folder``.
+
+    Its earlier run waits in ``.replaced-<time>-<pid>/``. If the replacing run saved no
+    checkpoint, it never stood in for the earlier one: its few files go and the earlier
+    run is put back, as if the forced run had not started. If it did, the earlier run
+    was already replaced, and the folder it waited in is removed. Only folders of
+    processes that are gone are touched, under the folder's lock (a folder another
+    process writes is left alone). Opening a ``RunFolder`` does this first, and
+    ``train --resume`` before it reads the folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or not _stale_asides(folder):
+        return
+    try:
+        run = RunFolder(folder, resume=True)  # settles under the lock as it opens
+    except CheckpointError:
+        return  # written by another process: not ours to settle
+    run.close()
+
+
 class RunFolder:
     """Writes one run into ``path``, locked against other writers while it is open.
 
@@ -159,6 +192,7 @@ class RunFolder:
             self._remove_made()
             raise
         try:
+            self._recover_aside()
             self._claim(force, resume)
         except BaseException:
             self.abandon()
@@ -196,7 +230,26 @@ class RunFolder:
                 f"cannot write to --out {self.path} ({e.strerror or e}); choose a writable folder"
             ) from None
         if held and "checkpoints/last.pt" in self.owns:
-            self._move_aside(held)
+            events = [TB_DIR] if (self.path / TB_DIR).is_dir() else []
+            self._move_aside(held + events)
+
+    def _recover_aside(self) -> None:
+        """Settle what a killed ``--force`` left here (see ``settle_replaced``)."""
+        for aside in _stale_asides(self.path):
+            if (self.path / "checkpoints" / "last.pt").exists():
+                shutil.rmtree(aside, ignore_errors=True)
+                continue
+            self._remove_failed_run()
+            self._aside = aside
+            self._restore_aside()
+
+    def _remove_failed_run(self) -> None:
+        """Delete the files of a run that replaced nothing (before its earlier run comes back)."""
+        for name in self.owns:
+            with contextlib.suppress(OSError):
+                (self.path / name).unlink(missing_ok=True)
+        if "checkpoints/last.pt" in self.owns:
+            shutil.rmtree(self.path / TB_DIR, ignore_errors=True)
 
     def _move_aside(self, held: list[str]) -> None:
         aside = self.path / f"{ASIDE_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -238,9 +291,7 @@ class RunFolder:
         A folder that existed before is never removed.
         """
         if self._aside is not None:
-            for name in self.owns:  # every owned file here now is the failed run's
-                with contextlib.suppress(OSError):
-                    (self.path / name).unlink(missing_ok=True)
+            self._remove_failed_run()
             self._restore_aside()
         empty = self._made and not any(
             p.name != LOCK_FILE for p in self.path.rglob("*") if p.is_file()
@@ -254,17 +305,33 @@ class RunFolder:
         """The run is done (or interrupted with a checkpoint saved): unlock the folder."""
         self._lock.release()
 
+    def how_to_go_on(self) -> str:
+        """What a user does after a failed write: what follows "then" in the error."""
+        if "checkpoints/last.pt" not in self.owns:
+            return "run the same command again"
+        if self._aside is not None:  # forced, nothing saved yet: the earlier run goes back
+            return "run the same command again (the earlier run is put back as it was)"
+        if (
+            not (self.path / "checkpoints" / "last.pt").exists()
+            and not (self.path / "config.json").exists()
+        ):  # nothing of this run written yet: the folder is removed
+            return "run the same command again"
+        return f"continue with: cifar-resnet train --resume {self.path}"
+
+    def _write(self, path: Path, write: Callable[[IO[bytes]], None]) -> None:
+        atomic_write(path, write, then=self.how_to_go_on())
+
     def write_json(self, name: str, obj: Any) -> Path:
         """Write ``obj`` as pretty, strict JSON to ``name`` inside the run folder."""
         path = self.path / name
         data = json_bytes(obj)
-        atomic_write(path, lambda f: f.write(data))
+        self._write(path, lambda f: f.write(data))
         return path
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Write raw bytes (e.g. a PNG) to ``name`` inside the run folder."""
         path = self.path / name
-        atomic_write(path, lambda f: f.write(data))
+        self._write(path, lambda f: f.write(data))
         return path
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
@@ -272,17 +339,17 @@ class RunFolder:
         path = self.path / "metrics.jsonl"
         old = path.read_bytes() if path.exists() else b""
         line = _json_line(metrics)
-        atomic_write(path, lambda f: f.write(old + line))
+        self._write(path, lambda f: f.write(old + line))
 
     def rewrite_metrics(self, epochs: list[dict[str, Any]]) -> None:
         """Replace metrics.jsonl with these epochs (resuming drops lines past the checkpoint)."""
         data = b"".join(_json_line(m) for m in epochs)
-        atomic_write(self.path / "metrics.jsonl", lambda f: f.write(data))
+        self._write(self.path / "metrics.jsonl", lambda f: f.write(data))
 
     def save_checkpoint(self, state: dict[str, Any], name: str = "last.pt") -> Path:
         """Save a checkpoint dict under checkpoints/; the first one retires an earlier run."""
         path = self.path / "checkpoints" / name
-        atomic_write(path, lambda f: torch.save(state, f))
+        self._write(path, lambda f: torch.save(state, f))
         if self._aside is not None:  # the new run can now stand in the old one's place
             shutil.rmtree(self._aside, ignore_errors=True)
             self._aside = None
