@@ -2,14 +2,15 @@
 
     python benchmarks/train_bench.py --data-dir D --name spec [config flags ...]
     python benchmarks/train_bench.py --data-dir D --name spec --seeds 0 1 2
-    python benchmarks/train_bench.py --from-run RUN --name NAME   # record a finished run
+    python benchmarks/train_bench.py --from-run RUN [RUN ...] --name NAME   # finished runs
 
 Writes ``benchmarks/results/<date>-<device>-<name>.json`` with the resolved config,
 test accuracy per epoch, training seconds, images/s, torch version and device name.
 With ``--seeds``, one run per seed (the data loaded once) and the mean, sample
 standard deviation, minimum and maximum of test accuracy and training seconds.
-``--from-run`` records a run folder written by ``cifar-resnet train`` (the same
-``fit``), for runs too long to repeat inside this script.
+``--from-run`` records run folders written by ``cifar-resnet train`` (the same
+``fit``), for runs too long to repeat inside this script; several folders (one per
+seed) are recorded with their spread as ``--seeds`` would be.
 """
 
 from __future__ import annotations
@@ -92,6 +93,16 @@ def _record(
     return write_result(result, slug(name), results)
 
 
+def _folder_record(run: Path) -> dict[str, Any]:
+    """The record of a finished run folder written by ``cifar-resnet train``."""
+    final = json.loads((run / "final.json").read_text())
+    epochs = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    config = json.loads((run / "config.json").read_text())
+    finder = run / "lr_finder.json"
+    lr_finder = json.loads(finder.read_text()) if finder.exists() else None
+    return _run_record(final, epochs, config, lr_finder)
+
+
 def _equivalent_command(config: dict) -> list[str]:
     """The ``cifar-resnet train`` flags that reproduce a saved config (non-defaults only)."""
     from dataclasses import fields
@@ -111,7 +122,10 @@ def _equivalent_command(config: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="what this run shows, e.g. spec-w1")
-    parser.add_argument("--from-run", help="record this finished run folder instead of training")
+    parser.add_argument(
+        "--from-run", nargs="+", metavar="RUN",
+        help="record these finished run folders (one per seed) instead of training",
+    )  # fmt: skip
     parser.add_argument("--out", help="run folder for the training (default: one under runs/)")
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="train once per seed (instead of --seed)"
@@ -124,15 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     add_config_flags(parser)
     args = parser.parse_args(argv)
     if args.from_run:
-        run = Path(args.from_run)
-        final = json.loads((run / "final.json").read_text())
-        epochs = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
-        config = json.loads((run / "config.json").read_text())
-        finder = run / "lr_finder.json"
-        lr_finder = json.loads(finder.read_text()) if finder.exists() else None
-        runs = [_run_record(final, epochs, config, lr_finder)]
-        command = _equivalent_command(config)
-        conditions = args.conditions or "recorded from a run folder; conditions not stated"
+        runs = [_folder_record(Path(run)) for run in args.from_run]
+        command = _equivalent_command(runs[0]["config"])
+        conditions = args.conditions or "recorded from run folders; conditions not stated"
     else:
         config = config_from_args(args)
         out = args.out or f"runs/bench-{slug(args.name)}-{time.strftime('%H%M%S')}"

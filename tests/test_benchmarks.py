@@ -107,3 +107,10 @@ def test_train_bench_records_each_seed_and_their_spread(data_dir, tmp_path):
     for seed, run in zip([0, 1], result["runs"], strict=True):
         final = json.loads((tmp_path / f"run-seed{seed}" / "final.json").read_text())
         assert run["final"] == final and final["seed"] == seed and final["test_images"] == 200
+    # the same two folders, recorded afterwards as finished runs, give the same figures
+    again = _script("train_bench").main(
+        ["--name", "tiny-again", "--from-run", str(tmp_path / "run-seed0"),
+         str(tmp_path / "run-seed1"), "--results-dir", str(tmp_path / "again")]
+    )  # fmt: skip
+    assert again["seeds"] == [0, 1] and again["test_acc"] == result["test_acc"]
+    assert [r["final"] for r in again["runs"]] == [r["final"] for r in result["runs"]]

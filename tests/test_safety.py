@@ -303,8 +303,19 @@ def test_a_second_writer_is_refused_naming_the_first_and_kill_9_leaves_no_lock(
         code, _, err = run_cli(_args(data_dir, out, "--no-report", *extra), capsys)
         _one_line(code, err, f"PID {first.pid}", "another cifar-resnet process")
     _wait_for(lambda: (out / "checkpoints" / "last.pt").exists(), first)
-    code, _, err = run_cli(["train", "--resume", str(out), "--quiet"], capsys)
-    _one_line(code, err, f"PID {first.pid}")
+    for argv in (["train", "--resume", str(out), "--quiet"], ["report", str(out), "--quiet"]):
+        code, _, err = run_cli(argv, capsys)
+        _one_line(code, err, f"PID {first.pid}")
+    assert not (out / "report.html").exists()
+    finder = tmp_path / "finder"  # an lr-find folder being written (here, by this process)
+    finder.mkdir()
+    held = run_folder.FolderLock(finder)
+    argv = ["lr-find", "--data-dir", str(data_dir), "--cache-dir", str(data_dir / "cache"),
+            "--out", str(finder), "--quiet"]  # fmt: skip
+    code, _, err = run_cli(argv, capsys)
+    _one_line(code, err, f"PID {os.getpid()}")
+    held.release()
+    assert not (finder / "lr_finder.json").exists()
     first.kill()
     first.communicate(timeout=60)
     code, _, err = run_cli(["train", "--resume", str(out), "--quiet", "--epochs", "40"], capsys)
