@@ -32,6 +32,14 @@ def test_given_values_override_the_recipe_and_survive_a_round_trip():
     assert TrainConfig(recipe="spec", weight_decay=0.0).weight_decay == 0.0
 
 
+def test_a_recipes_lrs_stay_with_its_optimizer():
+    assert (TrainConfig(recipe="page").max_lr, TrainConfig(recipe="page").min_lr) == (0.4, 0.0)
+    adam = TrainConfig(recipe="page", optimizer="adam")
+    assert adam.max_lr is None and adam.min_lr is None  # SGD's 0.4: the range test decides
+    assert adam.logit_scale == 0.125 and adam.label_smoothing == 0.2  # the rest stays Page's
+    assert TrainConfig(recipe="page", optimizer="sgd").max_lr == 0.4
+
+
 def test_is_frozen_and_round_trips_through_a_dict():
     c = TrainConfig(max_lr=1e-3, width=0.5)
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -12,6 +12,7 @@ from conftest import TINY_RUN, run_cli
 
 from cifar_resnet import TrainConfig, fit
 from cifar_resnet.checkpoint import load_checkpoint
+from cifar_resnet.config import RECIPES
 from cifar_resnet.config_file import format_config, read_config_file
 from cifar_resnet.run_folder import RunFolder
 from cifar_resnet.train import Callbacks
@@ -150,6 +151,23 @@ def test_flags_override_the_file_which_overrides_the_defaults(tmp_path, capsys):
     settings = json.loads(printed)
     assert settings["width"] == 0.5 and settings["epochs"] == 12 and settings["batch_size"] == 512
     assert settings["data_dir"] == str(tmp_path / "data")  # relative to the file's folder
+
+
+def test_another_recipe_with_a_saved_config_fills_in_its_own_values(tmp_path, capsys):
+    """A saved config pins every resolved value; with --recipe page the ones the spec
+    recipe filled in give way to Page's, while a setting of the file's own stays."""
+    code, printed, _ = run_cli(["train", "--width", "0.5", "--print-config", "json"], capsys)
+    assert code == 0
+    path = tmp_path / "config.json"
+    path.write_text(printed)
+    argv = ["train", "--config", str(path), "--recipe", "page", "--print-config", "json"]
+    code, printed, _ = run_cli(argv, capsys)
+    assert code == 0
+    page, expected = json.loads(printed), TrainConfig(recipe="page", width=0.5)
+    assert {k: page[k] for k in RECIPES["page"]} == {
+        k: getattr(expected, k) for k in RECIPES["page"]
+    }
+    assert page["width"] == 0.5 and page["recipe"] == "page"
 
 
 def test_a_run_folders_config_json_repeats_the_run(synthetic, tmp_path, capsys):

@@ -99,9 +99,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if values.get(key):
             values[key] = str(Path(values[key]).expanduser().absolute())
     if getattr(args, "config", None):
+        from .config import without_recipe_values
         from .config_file import read_config_file
 
-        values = {**read_config_file(args.config), **values}
+        saved = read_config_file(args.config)
+        if values.get("recipe", saved.get("recipe", "spec")) != saved.get("recipe", "spec"):
+            saved = without_recipe_values(saved)  # another recipe fills in its own values
+        values = {**saved, **values}
     return TrainConfig(**values)
 
 

@@ -6,8 +6,10 @@ these fields, and the resolved config is saved with every run and checkpoint.
 Recipes: ``recipe`` names a set of defaults (``RECIPES``). A field whose default is
 ``None`` and that the recipe lists takes the recipe's value unless it is given, so
 ``TrainConfig(recipe="page", epochs=10)`` is Page's recipe in 10 epochs and
-``--recipe page --optimizer adam`` is Page's with Adam. ``spec`` (the default) is
-the assignment's training exactly, with the weight decay chosen by measurement.
+``--recipe page --optimizer adam`` is Page's with Adam. A recipe's LRs belong to its
+optimizer: with another one they are left to the range test (or ``--max-lr``), since
+SGD's 0.4 would make Adam diverge. ``spec`` (the default) is the assignment's
+training exactly, with the weight decay chosen by measurement.
 """
 
 from __future__ import annotations
@@ -63,6 +65,16 @@ RECIPES: dict[str, dict[str, Any]] = {
         "min_lr": 0.0,
     },
 }
+
+
+def without_recipe_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings (as a config file holds them) less the ones equal to their recipe's values.
+
+    A saved config lists every field resolved; the ones its recipe filled in are dropped,
+    so that another ``--recipe`` given with the file fills them in anew.
+    """
+    recipe = RECIPES.get(values.get("recipe", "spec"), {})
+    return {k: v for k, v in values.items() if k not in recipe or recipe[k] != v}
 
 
 def _knob(default: Any, help: str, **meta: Any) -> Any:
@@ -191,7 +203,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        for name, value in RECIPES[self.recipe].items():
+        recipe = RECIPES[self.recipe]
+        own_optimizer = self.optimizer in (None, recipe["optimizer"])
+        for name, value in recipe.items():
+            if name in ("max_lr", "min_lr") and not own_optimizer:
+                continue  # a recipe's LRs are for its optimizer: another one finds its own
             if getattr(self, name) is None:  # not given: the recipe's value
                 object.__setattr__(self, name, value)
         types = field_types()
