@@ -21,10 +21,12 @@ Paths, all on the same model, optimizer, batch size and images:
 (d) the same baseline with ``torch.autocast(dtype=torch.bfloat16)`` around forward
     and loss: what a knowledgeable user would try first.
 
-``--extras`` adds, on the CPU, (a) in NCHW and (a) with glibc's default malloc
-instead of ``keep_freed_memory``. The paths alternate one epoch at a time for
-``--rounds`` rounds after an untimed warm-up epoch each, so machine noise hits
-them alike.
+``--extras`` adds, on the CPU, (a) in NCHW, (a) with glibc's default malloc
+instead of ``keep_freed_memory``, (a) with torch's fused Adam, and (a) with the model
+under ``torch.compile`` (compiled during its untimed warm-up epoch; ``cpu_conv``'s
+matrix products step aside under compile, so it runs oneDNN's convolutions). The
+paths alternate one epoch at a time for ``--rounds`` rounds after an untimed warm-up
+epoch each, so machine noise hits them alike.
 
 Against the hardware: each path's training FLOP per second (3x the forward FLOP
 of the convolutions and the Linear layer, counted from the model: 2.28 GFLOP per
@@ -45,6 +47,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -188,6 +191,17 @@ def _hardware(device: torch.device, matmul_size: int) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class _Variant:
+    """One of cifar-resnet's paths: its runtime and the choices each extra path changes."""
+
+    runtime: Runtime
+    keep: bool = True  # keep freed memory (keep_freed_memory)
+    gemm: bool = True  # small-map convolutions as matrix products (cpu_conv)
+    fused_adam: bool = False  # torch's fused Adam instead of the default (foreach) one
+    compiled: bool = False  # torch.compile of the model (cpu_conv steps aside under it)
+
+
 def _ours(net, opt, sched, config, runtime, split, generator) -> float:
     """One epoch of cifar-resnet's path; returns its seconds."""
     state = EpochState(torch.randperm(len(split), generator=generator, device=runtime.device))
@@ -209,7 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--extras", action="store_true", help="also NCHW and default malloc")
+    parser.add_argument(
+        "--extras", action="store_true",
+        help="also NCHW, default malloc, fused Adam and torch.compile",
+    )  # fmt: skip
     parser.add_argument("--matmul-size", type=int, default=4096, help="side of the matmul timed")
     parser.add_argument("--results-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -226,29 +243,35 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     split = Split(images.to(dev), labels.to(dev), mean.to(dev), std.to(dev))
 
-    def fresh(runtime: Runtime):
+    def fresh(v: _Variant):
         torch.manual_seed(0)
         model = build_model(config).to(dev)
-        fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
+        fmt = torch.channels_last if v.runtime.channels_last else torch.contiguous_format
         model = model.to(memory_format=fmt)
-        opt = build_optimizer(model, config, runtime)
-        return model, opt, build_scheduler(opt, config, args.images)
+        if v.fused_adam:
+            opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=0.0, fused=True)
+        else:
+            opt = build_optimizer(model, config, v.runtime)
+        net = torch.compile(model) if v.compiled else model  # compiled in its warm-up epoch
+        return net, opt, build_scheduler(opt, config, args.images)
 
     fp32 = resolve_runtime(args.device, "fp32")
-    # name: (runtime, keep freed memory, small-map convolutions as matrix products)
-    ours = {f"cifar-resnet (default: {default.precision})": (default, True, True)}
+    ours = {f"cifar-resnet (default: {default.precision})": _Variant(default)}
     if on_cpu and default.precision == "bf16":
-        ours[ONEDNN_ONLY] = (default, True, False)
-    ours["cifar-resnet (fp32)"] = (fp32, True, True)
+        ours[ONEDNN_ONLY] = _Variant(default, gemm=False)
+    ours["cifar-resnet (fp32)"] = _Variant(fp32)
     if args.extras and on_cpu:
-        ours[f"cifar-resnet ({default.precision}, NCHW)"] = (
-            Runtime(dev, default.autocast_dtype, channels_last=False), True, True)  # fmt: skip
-        ours[f"cifar-resnet ({default.precision}, default malloc)"] = (default, False, True)
+        p = default.precision
+        ours[f"cifar-resnet ({p}, NCHW)"] = _Variant(
+            Runtime(dev, default.autocast_dtype, channels_last=False))  # fmt: skip
+        ours[f"cifar-resnet ({p}, default malloc)"] = _Variant(default, keep=False)
+        ours[f"cifar-resnet ({p}, fused Adam)"] = _Variant(default, fused_adam=True)
+        ours[f"cifar-resnet ({p}, torch.compile)"] = _Variant(default, compiled=True)
     paths: dict[str, dict] = {}
-    for name, (runtime, keep, gemm) in ours.items():
+    for name, v in ours.items():
         gen = torch.Generator(device=dev).manual_seed(0)
         paths[name] = {
-            "run": (fresh(runtime), runtime, gen), "keep": keep, "gemm": gemm, "seconds": []
+            "run": (fresh(v), v.runtime, gen), "keep": v.keep, "gemm": v.gemm, "seconds": []
         }  # fmt: skip
 
     tf = T.Compose([

@@ -18,6 +18,7 @@ sys.path.insert(0, str(BENCHMARKS))  # as when a script runs: its folder is on t
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an imported module is (dataclasses look it up)
     spec.loader.exec_module(module)
     return module
 
@@ -47,6 +48,8 @@ def test_speed_times_every_path_and_records_the_ratios(data_dir, tmp_path):
         "cifar-resnet (fp32)",
         f"cifar-resnet ({precision}, NCHW)",
         f"cifar-resnet ({precision}, default malloc)",
+        f"cifar-resnet ({precision}, fused Adam)",
+        f"cifar-resnet ({precision}, torch.compile)",
         "baseline (DataLoader, per-image transforms, fp32)",
         "baseline + bf16 autocast",
     } | ({"cifar-resnet (bf16, oneDNN convolutions)"} if precision == "bf16" else set())
