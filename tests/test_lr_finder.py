@@ -13,6 +13,7 @@ from cifar_resnet.lr_finder import (
     plot_lr_finder,
     smooth_curve,
     valley_floor,
+    with_spread,
 )
 
 
@@ -210,3 +211,15 @@ def test_plot_marks_both_choices_on_a_log_axis():
     assert any(s.startswith("LRMIN") for s in labels)
     vlines = [line.get_xdata()[0] for line in ax.get_lines() if len(line.get_xdata()) == 2]
     assert result.max_lr in vlines and result.min_lr in vlines
+
+
+def test_plot_of_several_seeds_draws_each_curve_and_choice():
+    results = [_sweep(start_lr=1e-4, end_lr=100, num_iter=40 + 5 * i) for i in range(3)]
+    fig = plot_lr_finder(with_spread(results[0], [0, 1, 2], results[1:]))
+    ax = fig.axes[0]
+    curves = {len(line.get_xdata()) for line in ax.get_lines()}
+    assert {len(r.lrs) for r in results[1:]} <= curves  # the other seeds' smoothed curves
+    ticks = [line.get_xdata()[0] for line in ax.get_lines() if len(line.get_xdata()) == 2]
+    assert all(r.max_lr in ticks for r in results)
+    ratio = max(r.max_lr for r in results) / min(r.max_lr for r in results)
+    assert ax.get_title().endswith(f"spread {ratio:.2f}x")

@@ -233,6 +233,8 @@ def test_train_writes_report_html(cli_run):
     assert p.sections == [key for key, _ in SECTIONS]
     assert "of 150 test images are misclassified" in page  # --limit-test applied
     assert "The LRs were given, so no LR range test ran" in page
+    for key, value in (("recipe", "spec"), ("optimizer", "adam"), ("precision", "bf16|fp32")):
+        assert re.search(f"<tr><th>{key}</th><td>({value})</td></tr>", page), key
     for img in p.images:
         _decode(img["src"])
 

@@ -55,3 +55,13 @@ def test_peak_at_the_last_epoch_rises_over_the_whole_run():
 def test_a_single_step_rise_starts_at_the_peak():
     assert one_cycle_lr(0, total_steps=3, peak_step=0, min_lr=1.0, max_lr=2.0) == 2.0
     assert one_cycle_lr(2, total_steps=3, peak_step=0, min_lr=1.0, max_lr=2.0) == 1.0
+
+
+def test_pages_schedule_runs_from_zero_to_its_peak_and_back_to_zero():
+    spe, total = 98, 98 * 24
+    lrs = [
+        one_cycle_lr(s, total_steps=total, peak_step=5 * spe - 1, min_lr=0.0, max_lr=0.4)
+        for s in range(total)
+    ]
+    assert lrs[0] == 0.0 and lrs[-1] == 0.0 and max(lrs) == lrs[5 * spe - 1] == 0.4
+    assert lrs[spe] == pytest.approx(0.4 * spe / (5 * spe - 1))  # linear from 0
