@@ -107,15 +107,22 @@ def _equivalent_command(config: dict) -> list[str]:
     """The ``cifar-resnet train`` flags that reproduce a saved config (non-defaults only)."""
     from dataclasses import fields
 
-    from cifar_resnet.config import TrainConfig
+    from cifar_resnet.config import TrainConfig, without_recipe_values
 
+    own = without_recipe_values(config)  # the values the recipe filled in are its own
     command = ["cifar-resnet", "train"]
     for f in fields(TrainConfig):
-        value = config.get(f.name, f.default)
-        if value != f.default and not (
-            f.name in ("max_lr", "min_lr") and config.get("lr_source") == "found"
+        value, flag = own.get(f.name, f.default), f"--{f.name.replace('_', '-')}"
+        if (
+            value == f.default
+            or value is None
+            or (f.name in ("max_lr", "min_lr") and config.get("lr_source") == "found")
         ):
-            command += [f"--{f.name.replace('_', '-')}", str(value)]
+            continue
+        if isinstance(value, bool):
+            command.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            command += [flag, str(value)]
     return command
 
 

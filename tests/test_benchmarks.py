@@ -117,3 +117,31 @@ def test_train_bench_records_each_seed_and_their_spread(data_dir, tmp_path):
     )  # fmt: skip
     assert again["seeds"] == [0, 1] and again["test_acc"] == result["test_acc"]
     assert [r["final"] for r in again["runs"]] == [r["final"] for r in result["runs"]]
+
+
+def test_every_result_names_the_machine_it_was_measured_on(tmp_path):
+    from results_file import machine, write_result
+
+    result = {"name": "x", "date": "2026-01-01", "device": "cpu", "value": 1.0}
+    path = write_result(result, "x", tmp_path)
+    saved = json.loads(path.read_text())
+    assert saved == result and list(saved)[:4] == ["name", "date", "device", "machine"]
+    assert saved["machine"] == machine() and saved["machine"]["logical_cores"] >= 1
+    assert isinstance(saved["machine"]["amx_bf16"], bool) and saved["machine"]["cpu"]
+    named = {"date": "2026-01-01", "device": "cpu", "machine": {"cpu": "given"}}
+    assert json.loads(write_result(named, "y", tmp_path).read_text())["machine"] == {"cpu": "given"}
+
+
+def test_a_recorded_runs_command_is_one_the_cli_accepts():
+    from cifar_resnet.cli import build_parser
+
+    equivalent = _script("train_bench")._equivalent_command
+    page = {"recipe": "page", "optimizer": "sgd", "head_bias": False, "logit_scale": 0.125,
+            "tta": False, "max_lr": 0.4, "width": 0.5, "lr_source": "given"}  # fmt: skip
+    command = equivalent(page)
+    # the recipe's own values are left to the recipe; a switched-off switch is --no-...
+    assert command == ["cifar-resnet", "train", "--recipe", "page", "--width", "0.5", "--no-tta"]
+    args = build_parser().parse_args(command[1:])
+    assert args.recipe == "page" and args.width == 0.5 and args.tta is False
+    found = {"max_lr": 1.9e-3, "min_lr": 1.9e-4, "lr_source": "found", "head_bias": True}
+    assert equivalent(found) == ["cifar-resnet", "train"]
