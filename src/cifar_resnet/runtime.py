@@ -5,9 +5,11 @@ CUDA and on the CPU, so the CPU tests run the code a GPU user runs; BatchNorm, t
 softmax and the loss stay in fp32, as autocast keeps them, and the weights and
 optimizer state stay fp32. ``auto`` picks bf16 on CUDA and on CPUs whose oneDNN
 has bf16 kernels (AMX-BF16 or AVX512-BF16, as torch itself reports it), fp32
-elsewhere; bf16 needs no loss scaling, having fp32's exponent range. On a 2-core
-AVX512-BF16 CPU (AMD EPYC, no AMX) a width-1.0 training step ran 1.9x faster in
-bf16 than in fp32; on a 2-core AMX Xeon about 3x (benchmarks/speed.py).
+elsewhere; bf16 needs no loss scaling, having fp32's exponent range. Width-1.0
+training, batch 512, ``benchmarks/speed.py``: on a 2-core AMD EPYC with AVX512-BF16
+and no AMX, 272 images/s in bf16 against 155 in fp32 (1.76x, one run,
+``results/2026-12-02-cpu-speed-w1.json``); on a 2-core Xeon with AMX-BF16 about
+500 against 105-134 (about 4x, the README's results).
 
 Layout: channels_last everywhere it is used: cuDNN picks its NHWC tensor-core
 kernels, and oneDNN's NHWC convolutions trained this network 1.5x faster at width
