@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import platform
 import statistics
 import time
@@ -337,11 +336,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "device": default.describe(),
-        "cpu_model": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
         "width": args.width,
         "batch_size": args.batch_size,
         "images_per_epoch": args.images,

@@ -9,7 +9,8 @@ elsewhere; bf16 needs no loss scaling, having fp32's exponent range. Width-1.0
 training, batch 512, ``benchmarks/speed.py``: on a 2-core AMD EPYC with AVX512-BF16
 and no AMX, 272 images/s in bf16 against 155 in fp32 (1.76x, one run,
 ``results/2026-12-02-cpu-speed-w1.json``); on a 2-core Xeon with AMX-BF16 about
-500 against 105-134 (about 4x, the README's results).
+500 in bf16 (``cpu_conv``'s measurements) against 134 in fp32 in the 2026-11-23 speed
+run (``results/2026-11-23-cpu-speed-w1.json``, which does not name its CPU).
 
 Layout: channels_last everywhere it is used: cuDNN picks its NHWC tensor-core
 kernels, and oneDNN's NHWC convolutions trained this network 1.5x faster at width
