@@ -44,6 +44,7 @@ def write_result(result: dict, what: str, folder: str | Path = RESULTS) -> Path:
     """Write ``result`` (it names its ``date`` and ``device``) as pretty JSON; return the path.
 
     The machine (``machine()``) is added to ``result`` after its device unless it names one.
+    A file of that name already there is kept: the new one is ``<name>-2.json`` (``-3``...).
     """
     if "machine" not in result:
         items = list(result.items())
@@ -52,6 +53,10 @@ def write_result(result: dict, what: str, folder: str | Path = RESULTS) -> Path:
         result.update(items[:at] + [("machine", machine())] + items[at:])
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{result['date']}-{slug(result['device'])}-{what}.json"
+    stem = f"{result['date']}-{slug(result['device'])}-{what}"
+    path, n = folder / f"{stem}.json", 1
+    while path.exists():  # a result already recorded is never overwritten
+        n += 1
+        path = folder / f"{stem}-{n}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path

@@ -45,7 +45,7 @@ def test_speed_times_every_path_and_records_the_ratios(data_dir, tmp_path):
     precision = resolve_runtime("cpu").precision
     assert set(paths) == {
         f"cifar-resnet (default: {precision})",
-        "cifar-resnet (fp32)",
+        "cifar-resnet (fp32)" if precision == "bf16" else "cifar-resnet (bf16)",
         f"cifar-resnet ({precision}, NCHW)",
         f"cifar-resnet ({precision}, default malloc)",
         f"cifar-resnet ({precision}, fused Adam)",
@@ -130,6 +130,18 @@ def test_every_result_names_the_machine_it_was_measured_on(tmp_path):
     assert isinstance(saved["machine"]["amx_bf16"], bool) and saved["machine"]["cpu"]
     named = {"date": "2026-01-01", "device": "cpu", "machine": {"cpu": "given"}}
     assert json.loads(write_result(named, "y", tmp_path).read_text())["machine"] == {"cpu": "given"}
+
+
+def test_a_result_never_overwrites_one_already_recorded(tmp_path):
+    from results_file import write_result
+
+    first = write_result({"date": "2026-01-01", "device": "cpu", "v": 1}, "x", tmp_path)
+    second = write_result({"date": "2026-01-01", "device": "cpu", "v": 2}, "x", tmp_path)
+    third = write_result({"date": "2026-01-01", "device": "cpu", "v": 3}, "x", tmp_path)
+    assert [p.name for p in (first, second, third)] == [
+        "2026-01-01-cpu-x.json", "2026-01-01-cpu-x-2.json", "2026-01-01-cpu-x-3.json"
+    ]  # fmt: skip
+    assert [json.loads(p.read_text())["v"] for p in (first, second, third)] == [1, 2, 3]
 
 
 def test_a_recorded_runs_command_is_one_the_cli_accepts():
