@@ -7,12 +7,14 @@ Paths, all on the same model, optimizer, batch size and images:
 
 (a) ``cifar-resnet (default)``: ``train_one_epoch`` as ``fit`` runs it: the data on
     the device as uint8, batched on-device augmentation, channels_last, and the
-    precision ``--precision auto`` picks (bf16 autocast on CUDA and on CPUs with
-    AMX or AVX512-BF16);
+    precision ``--precision auto`` picks (bf16 autocast on CUDA, on CPUs with AMX,
+    and on CPUs with AVX512-BF16 alone where its probe times bf16 faster; the
+    probe's ratio is recorded as ``hardware.bf16_probe_gain``);
 (a') ``cifar-resnet (bf16, oneDNN convolutions)`` (bf16 on the CPU): (a) with every
     convolution left to oneDNN, i.e. without ``cpu_conv``'s matrix products on the
     small maps;
-(b) ``cifar-resnet (fp32)``: the same in fp32;
+(b) ``cifar-resnet (fp32)``: the same in fp32 (``cifar-resnet (bf16)`` where
+    ``auto`` chose fp32: the precision it did not choose);
 (c) the baseline as the assignment's users wrote it (plain ``nn.Conv2d`` throughout):
     a Dataset of HWC uint8 arrays
     with per-image torchvision transforms (RandomCrop(32, padding=4),
@@ -58,7 +60,13 @@ from torchvision import transforms as T
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.cpu_conv import gemm_convolutions
 from cifar_resnet.data import channel_stats, load_cifar10
-from cifar_resnet.runtime import Runtime, cpu_has_bf16, keep_freed_memory, resolve_runtime
+from cifar_resnet.runtime import (
+    Runtime,
+    cpu_bf16_gain,
+    cpu_has_bf16,
+    keep_freed_memory,
+    resolve_runtime,
+)
 from cifar_resnet.splits import Split, train_batches
 from cifar_resnet.train import (
     EpochState,
@@ -183,6 +191,8 @@ def _hardware(device: torch.device, matmul_size: int) -> dict:
         "threads": cores,
         "amx_bf16": amx,
         "avx512_bf16_or_amx": device.type == "cpu" and cpu_has_bf16(),
+        # what --precision auto timed: bf16's speed-up on a convolution (AVX512-BF16 alone)
+        "bf16_probe_gain": cpu_bf16_gain() if device.type == "cpu" and cpu_has_bf16() else None,
         "amx_peak_flops": AMX_FLOP_PER_CYCLE * cores * ghz * 1e9 if amx and ghz else None,
         "matmul_size": matmul_size,
         "matmul_bf16_flops": _matmul_flops(torch.bfloat16, device, matmul_size),
@@ -254,11 +264,11 @@ def main(argv: list[str] | None = None) -> dict:
         net = torch.compile(model) if v.compiled else model  # compiled in its warm-up epoch
         return net, opt, build_scheduler(opt, config, args.images)
 
-    fp32 = resolve_runtime(args.device, "fp32")
+    other = "fp32" if default.precision == "bf16" else "bf16"  # what "auto" did not choose
     ours = {f"cifar-resnet (default: {default.precision})": _Variant(default)}
     if on_cpu and default.precision == "bf16":
         ours[ONEDNN_ONLY] = _Variant(default, gemm=False)
-    ours["cifar-resnet (fp32)"] = _Variant(fp32)
+    ours[f"cifar-resnet ({other})"] = _Variant(resolve_runtime(args.device, other))
     if args.extras and on_cpu:
         p = default.precision
         ours[f"cifar-resnet ({p}, NCHW)"] = _Variant(

@@ -176,3 +176,31 @@ def test_a_data_parallel_run_resumed_after_an_epoch_ends_as_an_unbroken_one(synt
         resumed = torch.load(tmp_path / f"resume{rank}.pt")
         for key, value in full.items():
             assert torch.equal(value, resumed[key]), (rank, key)
+
+
+def _precision_worker(rank: int, world: int, port: int, data, out: str) -> None:
+    """Set up a run where AVX512-BF16 is all the CPU reports and the probe times bf16
+    faster on rank 0 than on rank 1; record the precision each rank would train in."""
+    from cifar_resnet import runtime
+    from cifar_resnet.distributed import from_env
+    from cifar_resnet.train import setup_training
+
+    _as_rank(rank, world, port)
+    runtime.cpu_has_amx = lambda: False
+    runtime.cpu_has_bf16 = lambda: True
+    runtime.cpu_bf16_gain = lambda: 2.0 if rank == 0 else 0.5
+    dist = from_env("cpu")
+    try:
+        setup = setup_training(CONFIG, data, progress=False, dist=dist)
+        with open(f"{out}/rank{rank}.txt", "w") as f:
+            f.write(setup.runtime.precision)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_every_rank_trains_in_the_precision_rank_0_chose(synthetic, tmp_path):
+    mp.spawn(
+        _precision_worker, args=(2, _free_port(), synthetic, str(tmp_path)), nprocs=2, join=True
+    )
+    assert (tmp_path / "rank0.txt").read_text() == "bf16"
+    assert (tmp_path / "rank1.txt").read_text() == "bf16"  # not its own probe's fp32

@@ -62,24 +62,56 @@ def _capabilities(monkeypatch, *, onednn: bool, amx: bool, avx512_bf16: bool) ->
 
 
 @pytest.mark.parametrize(
-    ("onednn", "amx", "avx512_bf16", "expected"),
+    ("onednn", "amx", "avx512_bf16", "gain", "expected"),
     [
-        (True, True, True, "bf16"),
-        (False, True, False, "bf16"),  # AMX alone
-        (False, False, True, "bf16"),  # AVX512-BF16 alone
-        (False, False, False, "fp32"),
+        (True, True, True, 0.5, "bf16"),  # AMX: bf16 without timing anything
+        (False, True, False, 0.5, "bf16"),  # AMX alone
+        (False, False, True, 2.2, "bf16"),  # AVX512-BF16 that times faster (an AMD EPYC)
+        (True, False, True, 0.58, "fp32"),  # AVX512-BF16 that times slower (AMX hidden)
+        (False, False, True, 1.1, "fp32"),  # not faster enough to give up fp32
+        (False, False, False, 3.0, "fp32"),  # no bf16 kernels: the probe is not asked
     ],
 )
-def test_auto_precision_follows_torchs_capability_queries(
-    monkeypatch, onednn, amx, avx512_bf16, expected
+def test_auto_precision_follows_torchs_capability_queries_and_the_probe(
+    monkeypatch, onednn, amx, avx512_bf16, gain, expected
 ):
     _capabilities(monkeypatch, onednn=onednn, amx=amx, avx512_bf16=avx512_bf16)
+    probed = []
+    monkeypatch.setattr(runtime_module, "cpu_bf16_gain", lambda: probed.append(1) or gain)
     assert resolve_precision("auto", "cpu") == expected
     assert resolve_runtime("cpu").precision == expected
+    assert probed == ([] if amx or not (onednn or avx512_bf16) else [1, 1])
     assert resolve_precision("auto", "cuda") == "bf16"
     assert resolve_precision("auto", "mps") == "fp32"
     assert resolve_precision("fp32", "cpu") == "fp32"  # explicit choices are kept
     assert resolve_precision("bf16", "cpu") == "bf16"
+    assert len(probed) <= 2  # nor are they timed
+
+
+def test_the_bf16_probe_times_both_precisions_once_per_process(monkeypatch):
+    runtime_module.cpu_bf16_gain.cache_clear()
+    passes = []
+    real = runtime_module._probe_pass
+
+    def counted(conv, x, dtype):
+        passes.append(dtype)
+        return real(conv, x, dtype)
+
+    monkeypatch.setattr(runtime_module, "_probe_pass", counted)
+    gain = runtime_module.cpu_bf16_gain()
+    assert 0.05 < gain < 50  # a ratio of two measured times, not a flag
+    assert passes == [None, torch.bfloat16] * 6  # one untimed and five timed passes each
+    assert runtime_module.cpu_bf16_gain() == gain and len(passes) == 12  # cached
+
+
+def test_the_probe_compares_the_times_it_measures(monkeypatch):
+    runtime_module.cpu_bf16_gain.cache_clear()
+    times = {None: 0.3, torch.bfloat16: 0.1}
+    monkeypatch.setattr(runtime_module, "_probe_pass", lambda conv, x, dtype: times[dtype])
+    try:
+        assert runtime_module.cpu_bf16_gain() == pytest.approx(3.0)
+    finally:
+        runtime_module.cpu_bf16_gain.cache_clear()
 
 
 def test_a_capability_query_that_fails_counts_as_no(monkeypatch):

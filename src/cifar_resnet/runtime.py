@@ -1,16 +1,24 @@
 """Device, precision and memory layout, decided in one place.
 
-Precision (``--precision``): ``bf16`` is autocast to bfloat16, the same context on
-CUDA and on the CPU, so the CPU tests run the code a GPU user runs; BatchNorm, the
-softmax and the loss stay in fp32, as autocast keeps them, and the weights and
-optimizer state stay fp32. ``auto`` picks bf16 on CUDA and on CPUs whose oneDNN
-has bf16 kernels (AMX-BF16 or AVX512-BF16, as torch itself reports it), fp32
-elsewhere; bf16 needs no loss scaling, having fp32's exponent range. Width-1.0
-training, batch 512, ``benchmarks/speed.py``: on a 2-core AMD EPYC with AVX512-BF16
-and no AMX, 272 images/s in bf16 against 155 in fp32 (1.76x, one run,
-``results/2026-12-02-cpu-speed-w1.json``); on a 2-core Xeon with AMX-BF16 about
-500 in bf16 (``cpu_conv``'s measurements) against 134 in fp32 in the 2026-11-23 speed
-run (``results/2026-11-23-cpu-speed-w1.json``, which does not name its CPU).
+Precision (``--precision``): ``bf16`` is autocast to bfloat16, the same context on CUDA
+and on the CPU, so the CPU tests run the code a GPU user runs; BatchNorm, the softmax
+and the loss stay in fp32, as autocast keeps them, and the weights and optimizer state
+stay fp32. ``auto`` picks bf16 on CUDA and on CPUs with AMX-BF16; on a CPU whose bf16
+kernels are AVX512-BF16 alone (as torch itself reports it) it times one convolution of
+this network in both precisions (under a second) and takes bf16 only where bf16 ran at
+least ``BF16_MIN_GAIN`` times faster; fp32 elsewhere. The probe is there because
+AVX512-BF16 alone is no promise of speed: on a 2-core AMD EPYC a 4096-square matrix
+product ran 2.2x faster in bf16 than in fp32 (0.40 against 0.18 TFLOP/s), on a 2-core
+Xeon whose AMX the hypervisor hides 0.5x as fast (0.16 against 0.32), where width-1.0
+training ran at 69 images/s in bf16 against 98 in fp32 and the probe measured 0.62
+(``results/2026-12-02-cpu-speed-w1-xeon-no-amx.json``). The probe itself has run on that
+Xeon only. What ``auto`` chose is what the run records, and a resumed run keeps it. bf16
+needs no loss scaling, having fp32's exponent range. Width-1.0 training, batch 512,
+``benchmarks/speed.py``: on a 2-core AMD EPYC with AVX512-BF16 and no AMX, 272 images/s
+in bf16 against 155 in fp32 (1.76x, one run, ``results/2026-12-02-cpu-speed-w1.json``);
+on a 2-core Xeon with AMX-BF16 about 500 in bf16 (``cpu_conv``'s measurements) against
+134 in fp32 in the 2026-11-23 speed run (``results/2026-11-23-cpu-speed-w1.json``, which
+does not name its CPU).
 
 Layout: channels_last everywhere it is used: cuDNN picks its NHWC tensor-core
 kernels, and oneDNN's NHWC convolutions trained this network 1.5x faster at width
@@ -26,7 +34,9 @@ memory (about 15% more resident at width 0.5) until it exits.
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
+import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -35,6 +45,7 @@ import torch
 from .errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16")
+BF16_MIN_GAIN = 1.2  # how much faster bf16 must time than fp32 for "auto" to take it
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -97,6 +108,44 @@ def cpu_has_bf16() -> bool:
     return False
 
 
+def cpu_has_amx() -> bool:
+    """Whether torch reports AMX tiles on this CPU (AMX-BF16's matrix units); failure is no."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _probe_pass(conv: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> float:
+    """Seconds of one forward and backward pass of ``conv`` on ``x``, autocast to ``dtype``."""
+    start = time.perf_counter()
+    with nullcontext() if dtype is None else torch.autocast("cpu", dtype=dtype):
+        y = conv(x)
+    y.float().sum().backward()
+    return time.perf_counter() - start
+
+
+@functools.cache
+def cpu_bf16_gain(repeats: int = 5) -> float:
+    """How many times faster this CPU runs a residual-block convolution of the network
+    (128 -> 128 channels, 3x3, 16x16, batch 32, channels_last, forward and backward) in
+    bf16 than in fp32: the best of ``repeats`` interleaved passes each, after one untimed
+    pass of each (which creates oneDNN's kernels). Timed once per process."""
+    gen = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(32, 128, 16, 16, generator=gen).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    dtypes = (None, torch.bfloat16)
+    best = {dtype: float("inf") for dtype in dtypes}
+    for i in range(repeats + 1):
+        for dtype in dtypes:
+            seconds = _probe_pass(conv, x, dtype)
+            if i:
+                best[dtype] = min(best[dtype], seconds)
+    return best[None] / best[torch.bfloat16]
+
+
 def resolve_precision(precision: str, device_type: str) -> str:
     """``fp32`` or ``bf16`` for a ``--precision`` value on a device type (``cpu``, ``cuda``...)."""
     if precision not in PRECISIONS:
@@ -105,7 +154,9 @@ def resolve_precision(precision: str, device_type: str) -> str:
         return precision
     if device_type == "cuda":
         return "bf16"
-    if device_type == "cpu" and cpu_has_bf16():
+    if device_type == "cpu" and cpu_has_amx():
+        return "bf16"
+    if device_type == "cpu" and cpu_has_bf16() and cpu_bf16_gain() >= BF16_MIN_GAIN:
         return "bf16"
     return "fp32"
 

@@ -336,6 +336,9 @@ def setup_training(
     runtime = resolve_runtime(
         config.device, config.precision, local_rank=dist.local_rank if dist.enabled else None
     )
+    if dist.enabled and config.precision == "auto":  # every rank trains in rank 0's choice
+        (bf16,) = dist.broadcast_floats([float(runtime.precision == "bf16")], runtime.device)
+        runtime = dataclasses.replace(runtime, autocast_dtype=torch.bfloat16 if bf16 else None)
     if runtime.device.type == "cpu":
         keep_freed_memory()
     if data is None:
