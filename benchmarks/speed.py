@@ -63,6 +63,7 @@ from cifar_resnet.data import channel_stats, load_cifar10
 from cifar_resnet.runtime import (
     Runtime,
     cpu_bf16_gain,
+    cpu_has_amx,
     cpu_has_bf16,
     keep_freed_memory,
     resolve_runtime,
@@ -182,9 +183,7 @@ def _cpu_ghz() -> float | None:
 
 def _hardware(device: torch.device, matmul_size: int) -> dict:
     """The ceilings each path is measured against (see the module docstring)."""
-    amx = False
-    with contextlib.suppress(AttributeError, RuntimeError):
-        amx = device.type == "cpu" and bool(torch.cpu._is_amx_tile_supported())
+    amx = device.type == "cpu" and cpu_has_amx()
     ghz, cores = _cpu_ghz(), torch.get_num_threads()
     return {
         "cpu_ghz": ghz,

@@ -86,6 +86,14 @@ class Runtime:
         return self.device.type
 
 
+def cpu_has_amx() -> bool:
+    """Whether torch reports AMX tiles on this CPU (AMX-BF16's matrix units); failure is no."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU runs bf16 convolutions and matmuls natively (AMX-BF16 or AVX512-BF16).
 
@@ -96,7 +104,7 @@ def cpu_has_bf16() -> bool:
         lambda: (
             torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         ),
-        lambda: torch.cpu._is_amx_tile_supported(),
+        cpu_has_amx,
         lambda: torch.cpu._is_avx512_bf16_supported(),
     )
     for check in checks:
@@ -106,14 +114,6 @@ def cpu_has_bf16() -> bool:
         except (AttributeError, RuntimeError):
             continue
     return False
-
-
-def cpu_has_amx() -> bool:
-    """Whether torch reports AMX tiles on this CPU (AMX-BF16's matrix units); failure is no."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _probe_pass(conv: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> float:

@@ -475,7 +475,7 @@ def fit(
         config = resumed_config(state, config)
     callbacks = console(progress) if callbacks is None else callbacks
     joined = torch.distributed.is_available() and torch.distributed.is_initialized()
-    dist = from_env(resolve_runtime(config.device).device.type)
+    dist = from_env(resolve_runtime(config.device, config.precision).device.type)
     try:
         return _fit(config, data, run, callbacks, state, dist)
     finally:
