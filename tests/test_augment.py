@@ -68,6 +68,32 @@ def test_batched_ops_equal_the_per_image_reference():
         assert torch.equal(out[i], _reference(x[i], p, i)), i
 
 
+def test_reflection_padding_equals_torchvisions_on_the_same_offsets():
+    from torchvision.transforms.v2 import functional as TF
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(48, 3, 32, 32, generator=g)
+    p = sample_augment(48, generator=g)
+    out = apply_augment(x, p, cutout=0, pad_mode="reflect")
+    for i in range(48):
+        padded = TF.pad(x[i], [4], padding_mode="reflect")  # RandomCrop's own padding
+        y, x0 = p.crop_y[i].item(), p.crop_x[i].item()
+        ref = TF.crop(padded, y, x0, 32, 32)
+        ref = TF.horizontal_flip(ref) if p.flip[i] else ref
+        assert torch.equal(out[i], ref), i
+
+
+def test_reflection_fills_no_pixel_with_the_mean_colour():
+    x = torch.ones(200, 3, 32, 32)  # no pixel is 0 (the mean colour) before padding
+    p = sample_augment(200, generator=torch.Generator().manual_seed(4))
+    assert (apply_augment(x, p, cutout=0, pad_mode="reflect") == 1).all()
+    shifted = (p.crop_y != 4) | (p.crop_x != 4)  # these crops take in some padding
+    zeros = (apply_augment(x, p, cutout=0) == 0).flatten(1).any(1)
+    assert torch.equal(zeros, shifted)
+    with pytest.raises(ValueError, match="pad_mode must be one of zeros, reflect"):
+        apply_augment(x, p, pad_mode="edge")
+
+
 def test_flip_mirrors_the_width_axis():
     x = torch.arange(32.0).view(1, 1, 1, 32).expand(2, 3, 32, 32)
     p = sample_augment(2, generator=torch.Generator().manual_seed(0))

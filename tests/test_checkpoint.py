@@ -78,3 +78,16 @@ def test_the_run_records_its_resolved_precision_and_older_configs_load_as_fp32(r
     assert state["config"]["precision"] in ("fp32", "bf16")  # what "auto" chose, not "auto"
     older = {**state, "config": {k: v for k, v in state["config"].items() if k != "precision"}}
     assert config_from_checkpoint(older).precision == "fp32"  # they all trained in fp32
+
+
+def test_page_configs_saved_before_the_pipeline_options_load_as_what_they_ran(run):
+    from cifar_resnet.checkpoint import config_from_checkpoint
+
+    state = load_checkpoint(run)
+    new = ("crop_pad_mode", "drop_last")
+    saved = {k: v for k, v in state["config"].items() if k not in new}
+    older = {**state, "config": {**saved, "recipe": "page"}}
+    page_now = TrainConfig.from_dict(older["config"])
+    assert (page_now.crop_pad_mode, page_now.drop_last) == ("reflect", True)  # a new page run
+    loaded = config_from_checkpoint(older)
+    assert (loaded.crop_pad_mode, loaded.drop_last) == ("zeros", False)  # what the old one ran

@@ -14,6 +14,8 @@ def test_defaults_are_the_spec_table():
     assert c.max_lr is None and c.min_lr is None  # found by the range test
     assert (c.recipe, c.optimizer, c.label_smoothing, c.ema_decay) == ("spec", "adam", 0.0, 0.0)
     assert (c.head_bias, c.logit_scale, c.tta) == (True, 1.0, False)
+    assert c.crop_pad_mode == "zeros"  # torchvision's RandomCrop(padding=4) pads with zeros
+    assert c.drop_last is False
     assert c.weight_decay == SPEC_WEIGHT_DECAY  # the one measured change to the assignment
 
 
@@ -22,6 +24,15 @@ def test_the_page_recipe_is_pages_published_settings():
     assert (c.optimizer, c.momentum, c.weight_decay) == ("sgd", 0.9, 5e-4)
     assert (c.max_lr, c.min_lr, c.peak_epoch, c.epochs, c.batch_size) == (0.4, 0.0, 5, 24, 512)
     assert (c.label_smoothing, c.head_bias, c.logit_scale, c.tta) == (0.2, False, 0.125, True)
+    assert (c.crop_pad_mode, c.drop_last) == ("reflect", True)
+    assert TrainConfig(recipe="page", crop_pad_mode="zeros").crop_pad_mode == "zeros"
+
+
+def test_reflection_padding_must_be_narrower_than_the_image():
+    assert TrainConfig(crop_pad_mode="reflect", crop_padding=31).crop_padding == 31
+    with pytest.raises(ConfigError, match="must be below 32 with --crop-pad-mode reflect"):
+        TrainConfig(crop_pad_mode="reflect", crop_padding=32)
+    assert TrainConfig(crop_padding=32).crop_pad_mode == "zeros"  # zeros have no such limit
 
 
 def test_given_values_override_the_recipe_and_survive_a_round_trip():

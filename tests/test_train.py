@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cifar_resnet.config import TrainConfig
+from cifar_resnet.errors import ConfigError
 from cifar_resnet.evaluation import evaluate
 from cifar_resnet.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
@@ -53,6 +54,31 @@ def test_fit_steps_the_schedule_of_the_spec_and_records_every_step(synthetic):
     expected = np.interp(np.arange(3 * spe), [0, spe - 1, 3 * spe - 1], [2e-4, 2e-3, 2e-4])
     np.testing.assert_allclose(history.step_lrs, expected, rtol=1e-12)
     assert [e["lr"] for e in history.epochs] == [history.step_lrs[i * spe - 1] for i in (1, 2, 3)]
+
+
+def test_drop_last_skips_the_partial_batch_in_the_epoch_and_in_the_schedule(synthetic):
+    from cifar_resnet.splits import train_batches
+
+    config = TrainConfig(max_lr=2e-3, min_lr=2e-4, drop_last=True, **{**QUICK, "batch_size": 160})
+    runtime = resolve_runtime("cpu")
+    train, _ = prepare_splits(synthetic, config, runtime)
+    sizes = [len(y) for _, y in train_batches(train, config, runtime, torch.Generator())]
+    assert sizes == [160, 160, 160]  # 600 images: the last 120 are skipped
+    every = config.replace(drop_last=False)
+    kept = [len(y) for _, y in train_batches(train, every, runtime, torch.Generator())]
+    assert kept == [160, 160, 160, 120]
+    history = fit(config, synthetic, progress=False)
+    spe = 3
+    expected = np.interp(np.arange(2 * spe), [0, spe - 1, 2 * spe - 1], [2e-4, 2e-3, 2e-4])
+    np.testing.assert_allclose(history.step_lrs, expected, rtol=1e-12)  # ends at LRMIN
+    final = history.final
+    assert final["images_per_second"] * final["train_seconds"] == pytest.approx(2 * 480)
+
+
+def test_drop_last_with_fewer_images_than_a_batch_says_so(synthetic):
+    config = TrainConfig(max_lr=1e-3, drop_last=True, limit_train=90, **QUICK)
+    with pytest.raises(ConfigError, match="--drop-last leaves no batch: 90 training images"):
+        fit(config, synthetic, progress=False)
 
 
 def test_cpu_runs_are_reproducible_with_a_seed(synthetic):
@@ -211,7 +237,8 @@ def _reference_batch(train, config, seed, device="cpu"):
     for i, j in enumerate(idx.tolist()):
         img = train.images[j].float().div(255)  # (3, 32, 32)
         img = (img - train.mean.view(3, 1, 1)) / train.std.view(3, 1, 1)
-        img = nn.functional.pad(img, (pad,) * 4)
+        mode = "reflect" if config.crop_pad_mode == "reflect" else "constant"
+        img = nn.functional.pad(img, (pad,) * 4, mode=mode)
         y0, x0 = int(p.crop_y[i]), int(p.crop_x[i])
         img = img[:, y0 : y0 + 32, x0 : x0 + 32]
         if p.flip[i]:
@@ -223,10 +250,11 @@ def _reference_batch(train, config, seed, device="cpu"):
     return torch.stack(images), train.labels[idx]
 
 
-def test_fast_path_gives_the_loss_of_a_per_image_reference_on_the_same_draws(synthetic):
+@pytest.mark.parametrize("pad_mode", ["zeros", "reflect"])
+def test_fast_path_gives_the_loss_of_a_per_image_reference_on_the_same_draws(synthetic, pad_mode):
     from cifar_resnet.splits import train_batches
 
-    config = TrainConfig(max_lr=1e-3, **QUICK)
+    config = TrainConfig(max_lr=1e-3, crop_pad_mode=pad_mode, **QUICK)
     runtime = resolve_runtime("cpu")
     train, _ = prepare_splits(synthetic, config, runtime)
     x_fast, y_fast = next(train_batches(train, config, runtime, torch.Generator().manual_seed(4)))
@@ -423,4 +451,5 @@ def test_a_page_recipe_run_records_its_recipe_and_tta_accuracy(synthetic, tmp_pa
     )
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (saved["recipe"], saved["tta"], saved["max_lr"]) == ("page", True, 0.4)
+    assert (saved["crop_pad_mode"], saved["drop_last"]) == ("reflect", True)
     assert isinstance(history.model.head[2], nn.Linear) and history.model.head[2].bias is None

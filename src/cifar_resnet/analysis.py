@@ -86,12 +86,15 @@ def augmented_view(
     padding: int = 4,
     cutout: int = 8,
     flip_prob: float = 0.5,
+    pad_mode: str = "zeros",
     seed: int = 0,
 ) -> torch.Tensor:
     """uint8 images (N, 3, H, W) as training sees them after augmentation, as uint8 pixels."""
     g = torch.Generator(device=images.device).manual_seed(seed)
     x = normalize(images, mean.to(images.device), std.to(images.device))
-    x = augment(x, padding=padding, cutout=cutout, flip_prob=flip_prob, generator=g)
+    x = augment(
+        x, padding=padding, cutout=cutout, flip_prob=flip_prob, pad_mode=pad_mode, generator=g
+    )
     return denormalize(x, mean, std)
 
 
@@ -104,6 +107,7 @@ def data_figures(
     padding: int = 4,
     cutout: int = 8,
     flip_prob: float = 0.5,
+    pad_mode: str = "zeros",
 ) -> dict[str, Figure]:
     """The data-analysis figures: ``class_distribution``, ``samples``, ``augmented``."""
     from .plots import plot_class_distribution, plot_image_grid
@@ -115,7 +119,14 @@ def data_figures(
     mean = torch.tensor(summary.mean)
     std = torch.tensor(summary.std)
     augmented = augmented_view(
-        images, mean, std, padding=padding, cutout=cutout, flip_prob=flip_prob, seed=seed
+        images,
+        mean,
+        std,
+        padding=padding,
+        cutout=cutout,
+        flip_prob=flip_prob,
+        pad_mode=pad_mode,
+        seed=seed,
     )
     ncols = min(len(data.classes), 10)
     return {

@@ -1,11 +1,14 @@
 """Normalisation and training augmentation as batched tensor ops on the training device.
 
-Per image, independently: RandomCrop 32x32 after zero-padding 4 on each side
+Per image, independently: RandomCrop 32x32 after padding 4 on each side
 (offsets uniform over 0..8 in both axes) -> horizontal flip with probability 0.5
 -> CutOut: one square hole of ``cutout`` pixels, placed uniformly so that it lies
 wholly inside the image (top-left corner uniform over 0..32-cutout), as in David
-Page's implementation, so every image loses exactly cutout**2 pixels. Padding and
-hole are zeros of the *normalised* image, i.e. the data set's mean colour.
+Page's implementation, so every image loses exactly cutout**2 pixels. The hole is
+zeros of the *normalised* image, i.e. the data set's mean colour; so is the padding
+with ``pad_mode="zeros"`` (torchvision's ``RandomCrop(padding=4)``, the spec's),
+while ``pad_mode="reflect"`` mirrors the edge pixels (``padding_mode="reflect"``,
+as Page's own pipeline pads).
 
 The random draws (``sample_augment``) are separate from their application
 (``apply_augment``), so tests can check the laws of the draws and compare the
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+PAD_MODES = ("zeros", "reflect")
 
 
 @dataclass(frozen=True)
@@ -64,13 +69,25 @@ def sample_augment(
 
 
 def apply_augment(
-    x: torch.Tensor, params: AugmentParams, *, padding: int = 4, cutout: int = 8
+    x: torch.Tensor,
+    params: AugmentParams,
+    *,
+    padding: int = 4,
+    cutout: int = 8,
+    pad_mode: str = "zeros",
 ) -> torch.Tensor:
-    """Crop, flip and cut a normalised batch (N, C, H, W) as ``params`` say."""
+    """Crop, flip and cut a normalised batch (N, C, H, W) as ``params`` say.
+
+    ``pad_mode`` fills the crop's padding with zeros or with the mirrored edge
+    (``"reflect"``, which needs ``padding`` < H and < W).
+    """
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
     n, c, h, w = x.shape
     dev = x.device
     if padding > 0:
-        padded = F.pad(x, (padding, padding, padding, padding))  # (N, C, H+2p, W+2p)
+        mode = "constant" if pad_mode == "zeros" else "reflect"
+        padded = F.pad(x, (padding,) * 4, mode=mode)  # (N, C, H+2p, W+2p)
         rows = params.crop_y[:, None] + torch.arange(h, device=dev)  # (N, H)
         cols = params.crop_x[:, None] + torch.arange(w, device=dev)  # (N, W)
         x = padded[
@@ -97,6 +114,7 @@ def augment(
     padding: int = 4,
     cutout: int = 8,
     flip_prob: float = 0.5,
+    pad_mode: str = "zeros",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Augment a normalised batch (N, C, H, W) with fresh random draws."""
@@ -109,4 +127,4 @@ def augment(
         generator=generator,
         device=x.device,
     )
-    return apply_augment(x, params, padding=padding, cutout=cutout)
+    return apply_augment(x, params, padding=padding, cutout=cutout, pad_mode=pad_mode)

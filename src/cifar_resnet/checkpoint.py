@@ -76,10 +76,14 @@ def config_from_checkpoint(state: TrainState | dict[str, Any]) -> TrainConfig:
     Configs saved before ``precision`` existed trained in fp32 on the CPU (the only
     device they ran on), so they load as ``fp32``: evaluating them in bf16 would not
     reproduce their recorded accuracy. Those saved before recipes had Adam without
-    weight decay, as their own ``weight_decay`` says.
+    weight decay, as their own ``weight_decay`` says. Those saved before
+    ``crop_pad_mode`` and ``drop_last`` padded their crops with zeros and trained on
+    every batch, whatever their recipe.
     """
     values = dict(train_state(state).config)
     values.setdefault("precision", "fp32")
+    values.setdefault("crop_pad_mode", "zeros")
+    values.setdefault("drop_last", False)
     try:
         return TrainConfig.from_dict(values)
     except (ConfigError, TypeError) as e:

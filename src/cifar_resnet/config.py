@@ -20,6 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .augment import PAD_MODES
 from .custom_resnet import DROPOUT_BOUNDS, LOGIT_SCALE_BOUNDS, NORMS, WIDTH_BOUNDS
 from .errors import ConfigError, check_range
 from .lr_finder import RULES as FINDER_RULES
@@ -43,6 +44,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # The assignment: Adam, LRs found by the range test, plain Linear head.
     "spec": {
         "optimizer": "adam",
+        "crop_pad_mode": "zeros",
+        "drop_last": False,
         "weight_decay": SPEC_WEIGHT_DECAY,
         "label_smoothing": 0.0,
         "head_bias": True,
@@ -53,9 +56,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     # with Nesterov momentum 0.9, LR 0 -> 0.4 -> 0 (linear, peak at epoch 5) on a mean
     # loss, which is his 0.4 / 512 on a summed loss; weight decay 5e-4 (his 5e-4 x 512 on
     # the summed loss, the same step); label smoothing 0.2; a bias-free head whose logits
-    # are scaled by 0.125; flip TTA at evaluation.
+    # are scaled by 0.125; flip TTA at evaluation; random crops padded by reflection; the
+    # epoch's last, partial batch skipped.
     "page": {
         "optimizer": "sgd",
+        "crop_pad_mode": "reflect",
+        "drop_last": True,
         "weight_decay": 5e-4,
         "label_smoothing": 0.2,
         "head_bias": False,
@@ -117,6 +123,12 @@ class TrainConfig:
     crop_padding: int = _knob(
         4, "pixels of padding before the random 32x32 crop", bounds=(0, 32, "[]")
     )
+    crop_pad_mode: str | None = _knob(
+        None,
+        "how that padding is filled: zeros (the mean colour, as the images are normalised) "
+        "or reflect (the edge mirrored) (spec: zeros; page: reflect)",
+        choices=PAD_MODES,
+    )
     flip_prob: float = _knob(0.5, "probability of a horizontal flip", bounds=(0, 1, "[]"))
     cutout_size: int = _knob(
         8, "side in pixels of the one CutOut hole per image (0: off)", bounds=(0, 32, "[]")
@@ -137,6 +149,10 @@ class TrainConfig:
         5, "the LR peaks at the end of this epoch (at most --epochs)", bounds=(1, 10_000, "[]")
     )
     batch_size: int = _knob(512, "training images per optimizer step", bounds=(1, 65_536, "[]"))
+    drop_last: bool | None = _knob(
+        None,
+        "skip each epoch's last batch when it is smaller than --batch-size (spec: no; page: yes)",
+    )
     optimizer: str | None = _knob(
         None,
         "adam (weight decay as coupled L2), adamw (decoupled weight decay) or sgd (Nesterov "
@@ -216,6 +232,11 @@ class TrainConfig:
         if self.peak_epoch > self.epochs:
             raise ConfigError(
                 f"--peak-epoch ({self.peak_epoch}) must not exceed --epochs ({self.epochs})"
+            )
+        if self.crop_pad_mode == "reflect" and self.crop_padding >= 32:
+            raise ConfigError(
+                f"--crop-padding ({self.crop_padding}) must be below 32 with --crop-pad-mode "
+                "reflect: a 32-pixel image mirrors at most 31 pixels"
             )
         if self.min_lr is not None and self.max_lr is not None and self.min_lr > self.max_lr:
             raise ConfigError(f"--min-lr ({self.min_lr}) must not exceed --max-lr ({self.max_lr})")

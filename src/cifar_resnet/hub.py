@@ -142,7 +142,8 @@ choose settings of this run.
 {c.epochs} epochs, batch {c.batch_size}, {c.optimizer} (weight decay {c.weight_decay:g}),
 One Cycle LR {lr} peaking at epoch {c.peak_epoch}, label smoothing {c.label_smoothing:g},
 EMA of weights {c.ema_decay:g}, {c.precision} precision; augmentation: random crop after
-{c.crop_padding}-pixel padding, horizontal flip ({c.flip_prob:g}), CutOut {cut}x{cut}.
+{c.crop_padding}-pixel padding ({c.crop_pad_mode}), horizontal flip ({c.flip_prob:g}),
+CutOut {cut}x{cut}.
 Seed {c.seed}. The full training config is in `config.json` (`training_config`).
 
 ## Use
@@ -269,7 +270,10 @@ def load_folder(path: str | Path, device: str = "cpu") -> TrainedModel:
             f"{config.get('model_type')!r}, expected {MODEL_TYPE!r})"
         )
     try:
-        training = TrainConfig.from_dict(config["training_config"])
+        saved = dict(config["training_config"])
+        saved.setdefault("crop_pad_mode", "zeros")  # saved before these options: zeros
+        saved.setdefault("drop_last", False)  # and every batch
+        training = TrainConfig.from_dict(saved)
     except (ConfigError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path / CONFIG}: invalid training_config: {oneline(e)}") from None
     runtime = resolve_runtime(device, config.get("precision", training.precision))

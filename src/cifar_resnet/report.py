@@ -255,6 +255,7 @@ def _data_section(p: _Page) -> str:
         padding=int(r.config.get("crop_padding", 4)),
         cutout=int(r.config.get("cutout_size", 8)),
         flip_prob=float(r.config.get("flip_prob", 0.5)),
+        pad_mode=str(r.config.get("crop_pad_mode", "zeros")),
     )
     return (
         _data_table(summary)

@@ -59,9 +59,14 @@ def prepare_splits(data: Cifar10, config: TrainConfig, runtime: Runtime) -> tupl
     )
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Optimizer steps in one epoch (the last batch may be smaller)."""
-    return math.ceil(n_train / batch_size)
+def epoch_images(n_train: int, batch_size: int, drop_last: bool = False) -> int:
+    """Training images one epoch uses: all, or with ``drop_last`` the full batches' only."""
+    return n_train - n_train % batch_size if drop_last else n_train
+
+
+def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool = False) -> int:
+    """Optimizer steps in one epoch (the last batch may be smaller, unless ``drop_last``)."""
+    return math.ceil(epoch_images(n_train, batch_size, drop_last) / batch_size)
 
 
 def train_batches(
@@ -79,11 +84,12 @@ def train_batches(
 
     ``order`` (a permutation drawn from ``generator`` when not given) and
     ``start_step`` let an interrupted epoch continue where it stopped. With
-    ``dist``, each rank gets its shard of every global batch.
+    ``dist``, each rank gets its shard of every global batch. With ``config.drop_last``
+    the epoch ends before a last batch smaller than the others.
     """
-    n = len(split)
+    n = epoch_images(len(split), config.batch_size, bool(config.drop_last))
     if order is None:
-        order = torch.randperm(n, generator=generator, device=split.images.device)
+        order = torch.randperm(len(split), generator=generator, device=split.images.device)
     aug_generator = aug_generator or generator
     for start in range(start_step * config.batch_size, n, config.batch_size):
         idx = shard(order[start : start + config.batch_size], dist.rank, dist.world)
@@ -93,6 +99,7 @@ def train_batches(
             padding=config.crop_padding,
             cutout=config.cutout_size,
             flip_prob=config.flip_prob,
+            pad_mode=config.crop_pad_mode,
             generator=aug_generator,
         )
         yield runtime.layout(x), split.labels[idx]

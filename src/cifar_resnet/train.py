@@ -46,7 +46,7 @@ from .records import EpochMetrics, RunSummary, TrainState
 from .run_folder import RunFolder
 from .runtime import Runtime, keep_freed_memory, resolve_runtime
 from .schedule import one_cycle_scheduler
-from .splits import Split, prepare_splits, steps_per_epoch, train_batches
+from .splits import Split, epoch_images, prepare_splits, steps_per_epoch, train_batches
 from .tensorboard_log import TensorBoardLog, check_available
 
 # How often (in steps) a CUDA run reads back its loss to look for NaN/inf and, when
@@ -105,7 +105,7 @@ def build_scheduler(
     """The One Cycle schedule of ``config`` (max_lr and min_lr resolved), stepped every batch."""
     return one_cycle_scheduler(
         optimizer,
-        steps_per_epoch=steps_per_epoch(n_train, config.batch_size),
+        steps_per_epoch=steps_per_epoch(n_train, config.batch_size, bool(config.drop_last)),
         epochs=config.epochs,
         peak_epoch=config.peak_epoch,
         min_lr=config.min_lr,
@@ -344,6 +344,11 @@ def setup_training(
     if data is None:
         data = load_cifar10(config.data_dir, config.cache_dir, progress=progress and dist.is_main)
     train, test = prepare_splits(data, config, runtime)
+    if steps_per_epoch(len(train), config.batch_size, bool(config.drop_last)) == 0:
+        raise ConfigError(
+            f"--drop-last leaves no batch: {len(train):,} training images are fewer than "
+            f"--batch-size {config.batch_size}; lower --batch-size or give --no-drop-last"
+        )
     torch.manual_seed(config.seed)
     model = build_model(config, len(data.classes)).to(runtime.device)
     if runtime.channels_last:
@@ -432,8 +437,14 @@ class _Run:
     total_seconds: float = 0.0
 
     @property
+    def epoch_images(self) -> int:
+        """Training images per epoch: all, or the full batches' with ``drop_last``."""
+        config = self.config
+        return epoch_images(len(self.setup.train), config.batch_size, bool(config.drop_last))
+
+    @property
     def steps_per_epoch(self) -> int:
-        return steps_per_epoch(len(self.setup.train), self.config.batch_size)
+        return steps_per_epoch(self.epoch_images, self.config.batch_size)
 
     @property
     def model(self) -> nn.Module:
@@ -637,7 +648,7 @@ def _compiled(r: _Run) -> tuple[nn.Module, float]:
     compiled = torch.compile(r.net)
     gens = (s.generator,) if r.aug_generator is None else (s.generator, r.aug_generator)
     n_rank = config.batch_size // dist.world
-    last = len(s.train) % config.batch_size // dist.world
+    last = r.epoch_images % config.batch_size // dist.world
     s.runtime.synchronize()
     t0 = time.perf_counter()
     with preserved_state(s.model, s.optimizer, gens):
@@ -763,7 +774,7 @@ def _train_epoch(
     )  # fmt: skip
     return train_one_epoch(
         r.net, r.criterion, s.optimizer, r.scheduler, batches, s.runtime,
-        state=state, n_images=len(s.train), config=r.config, dist=r.dist, stop=stop,
+        state=state, n_images=r.epoch_images, config=r.config, dist=r.dist, stop=stop,
         after_step=None if r.ema is None else lambda: r.ema.update_parameters(r.model),
         callbacks=callbacks, desc=f"epoch {epoch}/{r.config.epochs}",
         step_offset=(epoch - 1) * r.steps_per_epoch,
@@ -806,7 +817,7 @@ def _summarise(r: _Run, folder: RunFolder | None, *, resumed: bool) -> History:
         test_acc_tta=last.test_acc_tta, test_loss_tta=last.test_loss_tta,
         train_acc=last.train_acc, train_loss=last.train_loss,
         epochs=config.epochs, train_seconds=r.train_seconds, total_seconds=r.total_seconds,
-        images_per_second=n_train * config.epochs / r.train_seconds,
+        images_per_second=r.epoch_images * config.epochs / r.train_seconds,
         train_images=n_train, test_images=len(s.test),
         device=s.runtime.describe(), precision=s.runtime.precision, processes=r.dist.world,
         compile_seconds=r.compile_seconds, torch=torch.__version__,
