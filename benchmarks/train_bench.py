@@ -107,9 +107,9 @@ def _equivalent_command(config: dict) -> list[str]:
     """The ``cifar-resnet train`` flags that reproduce a saved config (non-defaults only)."""
     from dataclasses import fields
 
-    from cifar_resnet.config import TrainConfig, without_recipe_values
+    from cifar_resnet.config import TrainConfig, as_saved_run, without_recipe_values
 
-    own = without_recipe_values(config)  # the values the recipe filled in are its own
+    own = without_recipe_values(as_saved_run(config))  # the recipe's values are its own
     command = ["cifar-resnet", "train"]
     for f in fields(TrainConfig):
         value, flag = own.get(f.name, f.default), f"--{f.name.replace('_', '-')}"

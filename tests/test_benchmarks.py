@@ -149,11 +149,18 @@ def test_a_recorded_runs_command_is_one_the_cli_accepts():
 
     equivalent = _script("train_bench")._equivalent_command
     page = {"recipe": "page", "optimizer": "sgd", "head_bias": False, "logit_scale": 0.125,
-            "tta": False, "max_lr": 0.4, "width": 0.5, "lr_source": "given"}  # fmt: skip
+            "tta": False, "max_lr": 0.4, "width": 0.5, "lr_source": "given",
+            "crop_pad_mode": "reflect", "drop_last": True}  # fmt: skip
     command = equivalent(page)
     # the recipe's own values are left to the recipe; a switched-off switch is --no-...
     assert command == ["cifar-resnet", "train", "--recipe", "page", "--width", "0.5", "--no-tta"]
     args = build_parser().parse_args(command[1:])
     assert args.recipe == "page" and args.width == 0.5 and args.tta is False
+    # a page run recorded before the pipeline options padded with zeros and kept every batch
+    older = {k: v for k, v in page.items() if k not in ("crop_pad_mode", "drop_last")}
+    assert equivalent(older) == [
+        "cifar-resnet", "train", "--recipe", "page", "--crop-pad-mode", "zeros", "--width", "0.5",
+        "--no-drop-last", "--no-tta",
+    ]  # fmt: skip
     found = {"max_lr": 1.9e-3, "min_lr": 1.9e-4, "lr_source": "found", "head_bias": True}
     assert equivalent(found) == ["cifar-resnet", "train"]

@@ -179,6 +179,18 @@ def test_a_run_folders_config_json_repeats_the_run(synthetic, tmp_path, capsys):
     assert config.to_dict() == {k: v for k, v in saved.items() if k in config.to_dict()}
 
 
+def test_a_run_folder_saved_before_the_pipeline_options_repeats_what_it_trained(tmp_path):
+    path = tmp_path / "config.json"
+    older = {**TrainConfig(recipe="page").to_dict(), "lr_source": "given"}
+    del older["crop_pad_mode"], older["drop_last"]
+    path.write_text(json.dumps(older))
+    config = TrainConfig(**read_config_file(path))
+    assert (config.crop_pad_mode, config.drop_last) == ("zeros", False)
+    path.write_text(json.dumps({"recipe": "page"}))  # a settings file of one's own: Page's
+    config = TrainConfig(**read_config_file(path))
+    assert (config.crop_pad_mode, config.drop_last) == ("reflect", True)
+
+
 @pytest.mark.parametrize(
     ("name", "text", "needle"),
     [

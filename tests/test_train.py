@@ -11,7 +11,7 @@ from cifar_resnet.evaluation import evaluate
 from cifar_resnet.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
 from cifar_resnet.splits import prepare_splits
-from cifar_resnet.train import build_model, build_optimizer, fit
+from cifar_resnet.train import Callbacks, build_model, build_optimizer, fit
 
 QUICK = {"width": 0.25, "batch_size": 100, "epochs": 2, "peak_epoch": 1, "device": "cpu"}
 
@@ -67,8 +67,13 @@ def test_drop_last_skips_the_partial_batch_in_the_epoch_and_in_the_schedule(synt
     every = config.replace(drop_last=False)
     kept = [len(y) for _, y in train_batches(train, every, runtime, torch.Generator())]
     assert kept == [160, 160, 160, 120]
-    history = fit(config, synthetic, progress=False)
+    losses = []
+    record = Callbacks(progress=False, on_step=lambda step, lr, loss: losses.append(float(loss)))
+    history = fit(config, synthetic, progress=False, callbacks=record)
     spe = 3
+    # each epoch's loss is the mean over the 480 images it trained on (3 equal batches)
+    for i, e in enumerate(history.epochs):
+        assert e["train_loss"] == pytest.approx(np.mean(losses[i * spe : (i + 1) * spe]))
     expected = np.interp(np.arange(2 * spe), [0, spe - 1, 2 * spe - 1], [2e-4, 2e-3, 2e-4])
     np.testing.assert_allclose(history.step_lrs, expected, rtol=1e-12)  # ends at LRMIN
     final = history.final

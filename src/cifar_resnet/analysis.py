@@ -141,7 +141,8 @@ def data_figures(
             titles,
             ncols=ncols,
             title=(
-                f"the same images after training augmentation (crop after padding {padding}, "
+                f"the same images after training augmentation (crop after {pad_mode} "
+                f"padding {padding}, "
                 f"flip p={flip_prob:g}, CutOut {cutout}x{cutout})"
             ),
         ),

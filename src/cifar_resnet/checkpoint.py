@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, as_saved_run
 from .custom_resnet import CustomResNet
 from .errors import CheckpointError, ConfigError, oneline
 from .records import CHECKPOINT_FORMAT, TrainState
@@ -80,10 +80,8 @@ def config_from_checkpoint(state: TrainState | dict[str, Any]) -> TrainConfig:
     ``crop_pad_mode`` and ``drop_last`` padded their crops with zeros and trained on
     every batch, whatever their recipe.
     """
-    values = dict(train_state(state).config)
+    values = as_saved_run(train_state(state).config)
     values.setdefault("precision", "fp32")
-    values.setdefault("crop_pad_mode", "zeros")
-    values.setdefault("drop_last", False)
     try:
         return TrainConfig.from_dict(values)
     except (ConfigError, TypeError) as e:

@@ -73,6 +73,17 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+# Options added after runs were recorded, with what every run before them did: a saved
+# config without them (config.json, a checkpoint, an exported model) loads as it trained,
+# not as its recipe would fill them in today.
+OPTIONS_ADDED = {"crop_pad_mode": "zeros", "drop_last": False}
+
+
+def as_saved_run(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's settings, with the options it predates set to what it trained with."""
+    return {**OPTIONS_ADDED, **values}
+
+
 def without_recipe_values(values: dict[str, Any]) -> dict[str, Any]:
     """Settings (as a config file holds them) less the ones equal to their recipe's values.
 
@@ -97,7 +108,7 @@ class TrainConfig:
         "spec",
         "named defaults: spec (the assignment: Adam, LRs found by the range test) or page "
         "(David Page's: SGD Nesterov, LR 0.4, label smoothing 0.2, bias-free head x 0.125, "
-        "flip TTA); any flag still overrides",
+        "flip TTA, reflection padding, last partial batch dropped); any flag still overrides",
         choices=tuple(RECIPES),
     )
     # data

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, check_field, field_types
+from .config import TrainConfig, as_saved_run, check_field, field_types
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -74,6 +74,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a table of settings, got {type(values).__name__}")
+    if "lr_source" in values:  # a run folder's config.json: repeat what that run trained
+        values = as_saved_run(values)
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     types = field_types()
     out: dict[str, Any] = {}

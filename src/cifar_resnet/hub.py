@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, as_saved_run
 from .custom_resnet import CustomResNet
 from .errors import CheckpointError, CifarResnetError, ConfigError, oneline
 from .inference import SIDE, Evaluation, TrainedModel
@@ -270,10 +270,7 @@ def load_folder(path: str | Path, device: str = "cpu") -> TrainedModel:
             f"{config.get('model_type')!r}, expected {MODEL_TYPE!r})"
         )
     try:
-        saved = dict(config["training_config"])
-        saved.setdefault("crop_pad_mode", "zeros")  # saved before these options: zeros
-        saved.setdefault("drop_last", False)  # and every batch
-        training = TrainConfig.from_dict(saved)
+        training = TrainConfig.from_dict(as_saved_run(config["training_config"]))
     except (ConfigError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path / CONFIG}: invalid training_config: {oneline(e)}") from None
     runtime = resolve_runtime(device, config.get("precision", training.precision))

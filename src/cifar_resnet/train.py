@@ -218,11 +218,13 @@ def train_one_epoch(
 ) -> EpochResult:
     """Train on ``batches`` (the rest of the epoch ``state`` describes); return its figures.
 
-    ``n_images`` is the epoch's size over all ranks. Raises ``EpochInterrupted`` after
+    ``n_images`` is the split's size over all ranks (less the partial batch with
+    ``config.drop_last``). Raises ``EpochInterrupted`` after
     the first step at which ``stop()`` is true, ``TrainingDiverged`` on a NaN or
     infinite loss. ``after_step`` runs after every optimizer step (the EMA of weights).
     ``callbacks.on_step`` gets each step as ``step_offset`` + its step in the epoch.
     """
+    n_images = epoch_images(n_images, config.batch_size, bool(config.drop_last))
     model.train()
     dev = runtime.device
     step_sums: list[torch.Tensor] = []  # loss x batch size per step, summed once at the end
