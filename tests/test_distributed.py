@@ -148,7 +148,9 @@ def _resume_worker(rank: int, world: int, port: int, data, out: str, mode: str) 
     from cifar_resnet.train import fit
 
     _as_rank(rank, world, port)
-    config = CONFIG.replace(dropout=0.2)  # dropout draws from each rank's own global RNG
+    # Dropout draws from each rank's own global RNG; 600 images in batches of 140 leave a
+    # partial batch of 40, which --drop-last skips on every rank.
+    config = CONFIG.replace(dropout=0.2, batch_size=140, drop_last=True, crop_pad_mode="reflect")
     if mode == "full":
         save = RunFolder.save_checkpoint
 
@@ -164,7 +166,10 @@ def _resume_worker(rank: int, world: int, port: int, data, out: str, mode: str) 
         run = RunFolder(f"{out}/resumed", resume=True) if rank == 0 else None
         resume = load_checkpoint(f"{out}/epoch1.pt")
     history = fit(config, data, run=run, progress=False, resume=resume)
-    torch.save(history.model.state_dict(), f"{out}/{mode}{rank}.pt")
+    torch.save(
+        {"model": history.model.state_dict(), "steps": len(history.step_lrs)},
+        f"{out}/{mode}{rank}.pt",
+    )
 
 
 def test_a_data_parallel_run_resumed_after_an_epoch_ends_as_an_unbroken_one(synthetic, tmp_path):
@@ -172,10 +177,12 @@ def test_a_data_parallel_run_resumed_after_an_epoch_ends_as_an_unbroken_one(synt
         args = (2, _free_port(), synthetic, str(tmp_path), mode)
         mp.spawn(_resume_worker, args=args, nprocs=2, join=True)
     full = torch.load(tmp_path / "full0.pt")
+    assert full["steps"] == 2 * 4  # two epochs of four full batches
     for rank in (0, 1):
         resumed = torch.load(tmp_path / f"resume{rank}.pt")
-        for key, value in full.items():
-            assert torch.equal(value, resumed[key]), (rank, key)
+        assert resumed["steps"] == full["steps"]
+        for key, value in full["model"].items():
+            assert torch.equal(value, resumed["model"][key]), (rank, key)
 
 
 def _precision_worker(rank: int, world: int, port: int, data, out: str) -> None:

@@ -449,6 +449,7 @@ def test_a_page_recipe_run_records_its_recipe_and_tta_accuracy(synthetic, tmp_pa
     final = history.final
     assert (final["recipe"], final["optimizer"], final["label_smoothing"]) == ("page", "sgd", 0.2)
     assert (final["head_bias"], final["logit_scale"]) == (False, 0.125)
+    assert (final["crop_pad_mode"], final["drop_last"]) == ("reflect", True)
     assert history.step_lrs[0] == 0.0 and max(history.step_lrs) == pytest.approx(0.4)
     assert (
         0 <= final["test_acc_tta"] <= 1

@@ -21,7 +21,10 @@ ARGS = [
     "--peak-epoch",
     "1",
     "--batch-size",
-    "20",
+    "23",  # 26 batches of the 600 images and 2 left over, which --drop-last skips
+    "--drop-last",
+    "--crop-pad-mode",
+    "reflect",
     "--max-lr",
     "2e-3",
     "--device",
@@ -101,6 +104,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert fa["test_acc"] == fb["test_acc"] and fa["test_loss"] == fb["test_loss"]
     assert fb["resumed"] is True
     assert fa["precision"] == fb["precision"] == "bf16"
+    assert fa["drop_last"] is fb["drop_last"] is True
+    assert len(sb["step_lrs"]) == 3 * 26
 
 
 def _start_and_wait_for_first_epoch(data_dir: Path, out: Path) -> subprocess.Popen:

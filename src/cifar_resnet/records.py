@@ -145,6 +145,8 @@ class RunSummary:
     batch_size: int
     recipe: str
     optimizer: str
+    crop_pad_mode: str  # zeros (the mean colour) or reflect
+    drop_last: bool  # the epoch's last, partial batch skipped
     weight_decay: float
     label_smoothing: float
     ema_decay: float

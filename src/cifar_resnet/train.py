@@ -826,6 +826,7 @@ def _summarise(r: _Run, folder: RunFolder | None, *, resumed: bool) -> History:
         params=count_parameters(r.model), seed=config.seed,
         max_lr=config.max_lr, min_lr=config.min_lr, lr_source=r.lr_source, resumed=resumed,
         batch_size=config.batch_size, recipe=config.recipe, optimizer=config.optimizer,
+        crop_pad_mode=config.crop_pad_mode, drop_last=config.drop_last,
         weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
         ema_decay=config.ema_decay, head_bias=config.head_bias, logit_scale=config.logit_scale,
         width=config.width, norm=config.norm, data=s.data.source,
