@@ -20,8 +20,8 @@ def slug(text: str) -> str:
 def machine() -> dict:
     """The CPU the figures were measured on: its name, logical cores and bf16 units.
 
-    Read from /proc/cpuinfo where it exists (the same torch build runs 3x apart on a
-    Xeon with AMX and an EPYC without it, so a result names which it came from).
+    Read from /proc/cpuinfo where it exists (the same torch build runs about 1.8x apart
+    on a Xeon with AMX and an EPYC without it, so a result names which it came from).
     """
     name, flags = platform.processor() or platform.machine(), set()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:

@@ -216,7 +216,8 @@ class TrainConfig:
     device: str = _knob("auto", "auto (cuda if present, else cpu), cpu, cuda, cuda:N or mps")
     precision: str = _knob(
         "auto",
-        "bf16 autocast or fp32; auto: bf16 on CUDA and on CPUs with AMX or AVX512-BF16",
+        "bf16 autocast or fp32; auto: bf16 on CUDA, on CPUs with AMX, and on CPUs with "
+        "AVX512-BF16 where a probe convolution runs 1.2x faster in bf16",
         choices=PRECISIONS,
     )
     sync_bn: bool = _knob(False, "data-parallel runs: BatchNorm statistics over the global batch")
