@@ -8,7 +8,7 @@ kernels are AVX512-BF16 alone (as torch itself reports it) it times one convolut
 this network in both precisions (under a second) and takes bf16 only where bf16 ran at
 least ``BF16_MIN_GAIN`` times faster; fp32 elsewhere. The probe is there because
 AVX512-BF16 alone is no promise of speed: on a 2-core AMD EPYC a 4096-square matrix
-product ran 2.3x faster in bf16 than in fp32 (0.40 against 0.18 TFLOP/s), on a 2-core
+product ran 2.3x faster in bf16 than in fp32 (404 against 176 GFLOP/s), on a 2-core
 Xeon whose AMX the hypervisor hides 0.5x as fast (0.16 against 0.32), where width-1.0
 training ran at 69 images/s in bf16 against 98 in fp32 and the probe measured 0.62
 (``results/2026-12-02-cpu-speed-w1-xeon-no-amx.json``). The probe itself has run on that
