@@ -340,12 +340,21 @@ def test_a_bf16_training_step_agrees_with_fp32_within_bf16_tolerance(synthetic, 
     torch.testing.assert_close(bn16, bn32, rtol=0.05, atol=5e-3)
 
 
-def test_compile_trains_the_same_run_and_reports_its_time_apart(synthetic):
-    config = TrainConfig(max_lr=2e-3, precision="fp32", **QUICK)
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_compile_trains_the_same_run_and_reports_its_time_apart(synthetic, drop_last):
+    # Batch 140 over 600 images: a last batch of 40, trained (a second shape the warm-up
+    # compiles) or skipped with drop_last (4 steps an epoch, one shape).
+    quick = {**QUICK, "batch_size": 140}
+    config = TrainConfig(max_lr=2e-3, precision="fp32", drop_last=drop_last, **quick)
     eager = fit(config, synthetic, progress=False)
     compiled = fit(config.replace(compile=True), synthetic, progress=False)
     assert eager.final["compile_seconds"] is None
     assert compiled.final["compile_seconds"] > 0
+    assert compiled.final["drop_last"] is drop_last
+    images = 560 if drop_last else 600
+    assert compiled.final["images_per_second"] == pytest.approx(
+        images * config.epochs / compiled.final["train_seconds"]
+    )
     # Same initial weights, data order and augmentations: only kernel rounding differs,
     # which training then amplifies a little from step to step.
     first_eager, first_compiled = eager.epochs[0], compiled.epochs[0]
