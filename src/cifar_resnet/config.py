@@ -36,8 +36,9 @@ RESUME_OVERRIDES = ("data_dir", "cache_dir", "device")
 # (24 epochs, bf16, LRs 4e-4 -> 4e-3, seed 0; benchmarks/results/*wd-screen*.json):
 # 0 -> 85.89%, 1e-4 -> 86.11%, 2.5e-4 -> 86.07% with the lowest test loss (0.421 against
 # 0.427). The three are within one seed's noise at that width, which barely overfits (train
-# 89%); at width 1.0 the unregularised run ends at 97% train / 89.75% test, so the larger
-# value is taken.
+# 89%); at width 1.0 an unregularised run ended at 97% train / 89.75% test (a run reported
+# before the benchmarks recorded full-width runs; it has no JSON), so the larger value is
+# taken.
 SPEC_WEIGHT_DECAY = 2.5e-4
 
 RECIPES: dict[str, dict[str, Any]] = {
