@@ -20,9 +20,10 @@ DAWNBench ResNet-9), and which options close the gap:
   both). The default keeps the spec's plain ``Linear(512, 10)``.
 - Pooling: the spec puts MaxPool between the conv and BatchNorm (conv, pool, BN,
   ReLU); Page's blocks pool last (conv, BN, ReLU, pool). Max-pooling commutes with
-  the ReLU and with any increasing per-channel map, so the two differ only in the
-  BatchNorm statistics (taken over 4x fewer, pooled activations here), and the
-  spec's order runs BN and ReLU on a quarter of the pixels. There is no option for
+  the ReLU and with any increasing per-channel map, which BatchNorm is while its
+  scale is positive, so the two differ in the BatchNorm statistics (taken over 4x
+  fewer, pooled activations here) and in any channel whose scale turns negative;
+  the spec's order runs BN and ReLU on a quarter of the pixels. There is no option for
   Page's order: the spec fixes it.
 - Everything else (channels, residual layout, 3x3 convolutions without bias,
   the final MaxPool of 4) is the same network.
