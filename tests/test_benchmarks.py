@@ -164,3 +164,71 @@ def test_a_recorded_runs_command_is_one_the_cli_accepts():
     ]  # fmt: skip
     found = {"max_lr": 1.9e-3, "min_lr": 1.9e-4, "lr_source": "found", "head_bias": True}
     assert equivalent(found) == ["cifar-resnet", "train"]
+
+
+def test_a_jpeg_round_trip_on_a_moved_grid_loses_what_one_on_the_same_grid_keeps():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    trip = _script("jpeg_round_trip")
+    rng = np.random.default_rng(0)
+    # A smooth image with some texture, then one JPEG generation: the data as shipped.
+    yy, xx = np.mgrid[0:32, 0:32]
+    base = np.stack([yy * 6, xx * 6, (yy + xx) * 3], axis=-1) + rng.integers(0, 60, (32, 32, 3))
+    buf = io.BytesIO()
+    Image.fromarray(base.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=75, subsampling=2)
+    shipped = np.asarray(Image.open(buf).convert("RGB"))
+    same_grid = trip.round_trip(shipped, quality=75, offset=0)
+    moved = trip.round_trip(shipped, quality=75, offset=5)
+    assert same_grid.shape == moved.shape == (32, 32, 3) and moved.dtype == np.uint8
+    # on its own grid the encoding is nearly idempotent; a moved grid is a fresh generation
+    assert trip.psnr(shipped, same_grid) > trip.psnr(shipped, moved) + 5
+    assert trip.psnr(shipped, shipped) == float("inf")
+    assert trip.psnr(np.zeros((2, 2), np.uint8), np.full((2, 2), 255, np.uint8)) == 0.0
+
+
+def test_jpeg_round_trip_writes_a_tree_the_package_reads_and_records_its_psnr(data_dir, tmp_path):
+    import numpy as np
+
+    from cifar_resnet.data import load_cifar10
+
+    trip = _script("jpeg_round_trip")
+    out = tmp_path / "copy"
+    result = trip.main(
+        ["--data-dir", str(data_dir), "--out", str(out), "--results-dir", str(tmp_path / "res")]
+    )
+    assert _only_file(tmp_path / "res") == result
+    source = load_cifar10(str(data_dir), str(tmp_path / "cache-a"), progress=False)
+    copy = load_cifar10(str(out), str(tmp_path / "cache-b"), progress=False)
+    assert copy.classes == source.classes
+    assert copy.train_images.shape == source.train_images.shape
+    assert copy.test_images.shape == source.test_images.shape
+    # the same images in each class (the loader's order), each put through one encoding
+    for split in ("train", "test"):
+        labels = getattr(copy, f"{split}_labels")
+        assert sorted(labels.tolist()) == sorted(getattr(source, f"{split}_labels").tolist())
+        expected = [
+            trip.round_trip(img.permute(1, 2, 0).numpy(), quality=75, offset=5)
+            for img in getattr(source, f"{split}_images")
+        ]
+        got = {bytes(img.permute(1, 2, 0).numpy()) for img in getattr(copy, f"{split}_images")}
+        assert got == {bytes(e) for e in expected}
+        whole = np.stack(expected)
+        src = getattr(source, f"{split}_images").permute(0, 2, 3, 1).numpy()
+        assert result["psnr_db"][split] == pytest.approx(trip.psnr(src, whole), abs=1e-3)
+
+
+def test_jpeg_round_trip_refuses_a_folder_that_exists(data_dir, tmp_path, capsys):
+    trip = _script("jpeg_round_trip")
+    out = tmp_path / "copy"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier work")
+    with pytest.raises(SystemExit) as stop:
+        trip.main(["--data-dir", str(data_dir), "--out", str(out)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exists" in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "earlier work"
