@@ -218,6 +218,10 @@ def test_jpeg_round_trip_writes_a_tree_the_package_reads_and_records_its_psnr(da
         whole = np.stack(expected)
         src = getattr(source, f"{split}_images").permute(0, 2, 3, 1).numpy()
         assert result["psnr_db"][split] == pytest.approx(trip.psnr(src, whole), abs=1e-3)
+    # the reference: the same encoding of the test split on the unmoved grid
+    src = source.test_images.permute(0, 2, 3, 1).numpy()
+    unmoved = np.stack([trip.round_trip(img, quality=75, offset=0) for img in src])
+    assert result["psnr_db_same_grid"]["test"] == pytest.approx(trip.psnr(src, unmoved), abs=1e-3)
 
 
 def test_jpeg_round_trip_refuses_a_folder_that_exists(data_dir, tmp_path, capsys):
