@@ -28,6 +28,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ def write_split(
     return psnr(source, out)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     """One line on stderr and exit code 2, as the CLI does for bad input."""
     print(f"jpeg_round_trip: {message}", file=sys.stderr)
     sys.exit(2)

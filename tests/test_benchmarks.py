@@ -183,8 +183,13 @@ def test_a_jpeg_round_trip_on_a_moved_grid_loses_what_one_on_the_same_grid_keeps
     same_grid = trip.round_trip(shipped, quality=75, offset=0)
     moved = trip.round_trip(shipped, quality=75, offset=5)
     assert same_grid.shape == moved.shape == (32, 32, 3) and moved.dtype == np.uint8
-    # on its own grid the encoding is nearly idempotent; a moved grid is a fresh generation
+    # on its own grid the encoding is nearly idempotent; a moved grid is a fresh generation,
+    # cropped back where the image was (a crop off by the offset would lose far more)
     assert trip.psnr(shipped, same_grid) > trip.psnr(shipped, moved) + 5
+    assert trip.psnr(shipped, moved) > 25
+    coarse = trip.round_trip(shipped, quality=30, offset=5)
+    fine = trip.round_trip(shipped, quality=90, offset=5)
+    assert trip.psnr(shipped, coarse) < trip.psnr(shipped, moved) < trip.psnr(shipped, fine)
     assert trip.psnr(shipped, shipped) == float("inf")
     assert trip.psnr(np.zeros((2, 2), np.uint8), np.full((2, 2), 255, np.uint8)) == 0.0
 
@@ -205,16 +210,18 @@ def test_jpeg_round_trip_writes_a_tree_the_package_reads_and_records_its_psnr(da
     assert copy.classes == source.classes
     assert copy.train_images.shape == source.train_images.shape
     assert copy.test_images.shape == source.test_images.shape
-    # the same images in each class (the loader's order), each put through one encoding
+    # the same images in each class (in the loader's order), each put through one encoding
     for split in ("train", "test"):
-        labels = getattr(copy, f"{split}_labels")
-        assert sorted(labels.tolist()) == sorted(getattr(source, f"{split}_labels").tolist())
         expected = [
             trip.round_trip(img.permute(1, 2, 0).numpy(), quality=75, offset=5)
             for img in getattr(source, f"{split}_images")
         ]
-        got = {bytes(img.permute(1, 2, 0).numpy()) for img in getattr(copy, f"{split}_images")}
-        assert got == {bytes(e) for e in expected}
+        src_labels = getattr(source, f"{split}_labels").tolist()
+        want = sorted(zip(src_labels, map(bytes, expected), strict=True))
+        images, labels = getattr(copy, f"{split}_images"), getattr(copy, f"{split}_labels")
+        copied = [bytes(i.permute(1, 2, 0).numpy()) for i in images]
+        got = sorted(zip(labels.tolist(), copied, strict=True))
+        assert got == want
         whole = np.stack(expected)
         src = getattr(source, f"{split}_images").permute(0, 2, 3, 1).numpy()
         assert result["psnr_db"][split] == pytest.approx(trip.psnr(src, whole), abs=1e-3)
@@ -230,9 +237,12 @@ def test_jpeg_round_trip_refuses_a_folder_that_exists(data_dir, tmp_path, capsys
     out.mkdir()
     (out / "keep.txt").write_text("earlier work")
     with pytest.raises(SystemExit) as stop:
-        trip.main(["--data-dir", str(data_dir), "--out", str(out)])
+        trip.main(
+            ["--data-dir", str(data_dir), "--out", str(out), "--results-dir", str(tmp_path / "r")]
+        )
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "exists" in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "earlier work"
+    assert not (tmp_path / "r").exists()
