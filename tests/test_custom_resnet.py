@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from cifar_resnet.custom_resnet import CustomResNet, count_parameters
 from cifar_resnet.errors import ConfigError
@@ -84,3 +85,25 @@ def test_pages_head_has_no_bias_and_scales_the_logits_by_an_eighth():
         torch.testing.assert_close(page(x), expected)
     with pytest.raises(ConfigError, match="--logit-scale"):
         CustomResNet(logit_scale=0.0)
+
+
+def test_pages_pooling_order_pools_after_batchnorm_and_relu():
+    torch.manual_seed(0)
+    spec = CustomResNet(width=0.25)
+    page = CustomResNet(width=0.25, pool_after_relu=True)
+    page.load_state_dict(spec.state_dict())  # the same layers under the same names
+    assert count_parameters(CustomResNet(pool_after_relu=True)) == 6_573_130
+    with torch.no_grad():  # give one BatchNorm a negative scale: there the orders differ
+        for m in (spec, page):
+            m.layer1.conv[2].weight[0] = -1.0
+    spec.eval(), page.eval()
+    x = torch.randn(2, 16, 32, 32)
+    conv, pool, bn, relu = spec.layer1.conv
+    with torch.no_grad():
+        expected = nn.functional.max_pool2d(nn.functional.relu(bn(conv(x))), 2)  # Page's
+        torch.testing.assert_close(page.layer1.conv(x), expected)
+        torch.testing.assert_close(spec.layer1.conv(x), relu(bn(pool(conv(x)))))  # the spec's
+        assert not torch.allclose(page.layer1.conv(x), spec.layer1.conv(x))
+        # blocks without pooling are the same in both; so are the output shapes
+        torch.testing.assert_close(page.prep_layer(x[:, :3]), spec.prep_layer(x[:, :3]))
+        assert page(x[:, :3]).shape == (2, 10)

@@ -468,3 +468,22 @@ def test_a_page_recipe_run_records_its_recipe_and_tta_accuracy(synthetic, tmp_pa
     assert (saved["recipe"], saved["tta"], saved["max_lr"]) == ("page", True, 0.4)
     assert (saved["crop_pad_mode"], saved["drop_last"]) == ("reflect", True)
     assert isinstance(history.model.head[2], nn.Linear) and history.model.head[2].bias is None
+
+
+def test_pages_pooling_order_trains_records_and_reloads_as_it_ran(synthetic, tmp_path):
+    from cifar_resnet.checkpoint import load_checkpoint, model_from_checkpoint
+
+    config = TrainConfig(recipe="page", pool_after_relu=True, **QUICK)
+    assert all(
+        block.pool_after_relu
+        for block in (build_model(config).layer1.conv, build_model(config).layer2)
+    )
+    assert not build_model(config.replace(pool_after_relu=False)).layer2.pool_after_relu
+    history = fit(config, synthetic, run=RunFolder(tmp_path / "run"), progress=False)
+    assert history.final["pool_after_relu"] is True
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["pool_after_relu"] is True
+    reloaded = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt"))
+    assert reloaded.layer3.conv.pool_after_relu
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), history.model.eval()(x))

@@ -95,14 +95,7 @@ def model_from_checkpoint(state: TrainState | dict[str, Any]) -> CustomResNet:
     """
     state = train_state(state)
     config = config_from_checkpoint(state)
-    model = CustomResNet(
-        len(state.classes),
-        width=config.width,
-        norm=config.norm,
-        dropout=config.dropout,
-        head_bias=config.head_bias,
-        logit_scale=config.logit_scale,
-    )
+    model = CustomResNet(len(state.classes), **config.model_options())
     weights = state.model
     if state.ema is not None:  # AveragedModel's state: "module.<name>" and n_averaged
         prefix = "module."

@@ -314,9 +314,9 @@ def _resume_target(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any, bo
 LR_FIND_FIELDS = (
     "recipe", "data_dir", "cache_dir", "limit_train", "crop_padding", "crop_pad_mode",
     "flip_prob", "cutout_size", "width", "norm", "dropout", "head_bias", "logit_scale",
-    "batch_size", "drop_last", "optimizer", "momentum", "min_lr_divisor", "weight_decay",
-    "label_smoothing", "finder_start_lr", "finder_end_lr", "finder_num_iter", "finder_rule",
-    "seed", "device", "precision",
+    "pool_after_relu", "batch_size", "drop_last", "optimizer", "momentum", "min_lr_divisor",
+    "weight_decay", "label_smoothing", "finder_start_lr", "finder_end_lr", "finder_num_iter",
+    "finder_rule", "seed", "device", "precision",
 )  # fmt: skip
 
 

@@ -28,6 +28,9 @@ from .runtime import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
+# The config fields that shape the network (``CustomResNet``'s keyword arguments).
+MODEL_OPTIONS = ("width", "norm", "dropout", "head_bias", "logit_scale", "pool_after_relu")
+
 # The fields a resumed run may change (where the data and the device are, not what is trained).
 RESUME_OVERRIDES = ("data_dir", "cache_dir", "device")
 
@@ -155,6 +158,11 @@ class TrainConfig:
     logit_scale: float | None = _knob(
         None, "multiply the logits by this (spec: 1; page: 0.125)", bounds=LOGIT_SCALE_BOUNDS
     )
+    pool_after_relu: bool = _knob(
+        False,
+        "pool after BatchNorm and ReLU (conv, BN, ReLU, pool), the order of Page's network; "
+        "the spec pools between the conv and BatchNorm",
+    )
     # optimisation
     epochs: int = _knob(24, "epochs in total", bounds=(1, 10_000, "[]"))
     peak_epoch: int = _knob(
@@ -262,6 +270,10 @@ class TrainConfig:
             raise ConfigError(
                 f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
             )
+
+    def model_options(self) -> dict[str, Any]:
+        """``CustomResNet``'s keyword arguments for this run's network."""
+        return {name: getattr(self, name) for name in MODEL_OPTIONS}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, as saved in config.json and checkpoints."""

@@ -23,8 +23,9 @@ DAWNBench ResNet-9), and which options close the gap:
   the ReLU and with any increasing per-channel map, which BatchNorm is while its
   scale is positive, so the two differ in the BatchNorm statistics (taken over 4x
   fewer, pooled activations here) and in any channel whose scale turns negative;
-  the spec's order runs BN and ReLU on a quarter of the pixels. There is no option for
-  Page's order: the spec fixes it.
+  the spec's order runs BN and ReLU on a quarter of the pixels.
+  ``pool_after_relu=True`` gives Page's order (the default is the spec's); the layers
+  and their state_dict keys are the same in both orders, only the forward differs.
 - Everything else (channels, residual layout, 3x3 convolutions without bias,
   the final MaxPool of 4) is the same network.
 
@@ -72,7 +73,11 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvBlock(nn.Sequential):
-    """Conv 3x3 (stride 1, padding 1) -> [MaxPool 2] -> norm -> ReLU -> [Dropout]."""
+    """Conv 3x3 (stride 1, padding 1) -> [MaxPool 2] -> norm -> ReLU -> [Dropout].
+
+    With ``pool_after_relu`` the pooling runs after the ReLU instead (Page's order); the
+    layers keep their places in the Sequential, so both orders have the same state_dict.
+    """
 
     def __init__(
         self,
@@ -83,6 +88,7 @@ class ConvBlock(nn.Sequential):
         norm: str,
         dropout: float,
         conv_bias: bool,
+        pool_after_relu: bool = False,
     ) -> None:
         layers: list[nn.Module] = [Conv3x3(in_channels, out_channels, bias=conv_bias)]
         if pool:
@@ -91,6 +97,14 @@ class ConvBlock(nn.Sequential):
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
+        self.pool_after_relu = pool and pool_after_relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.pool_after_relu:
+            return super().forward(x)
+        conv, pool, norm, relu, *dropout = self
+        x = pool(relu(norm(conv(x))))  # (N, C, H/2, W/2)
+        return dropout[0](x) if dropout else x
 
 
 class ResidualLayer(nn.Module):
@@ -136,11 +150,17 @@ class CustomResNet(nn.Module):
         conv_bias: bool = False,
         head_bias: bool = True,
         logit_scale: float = 1.0,
+        pool_after_relu: bool = False,
     ) -> None:
         super().__init__()
         check_options(width=width, norm=norm, dropout=dropout, logit_scale=logit_scale)
         c1, c2, c3, c4 = (max(1, round(c * width)) for c in (64, 128, 256, 512))
-        block = {"norm": norm, "dropout": dropout, "conv_bias": conv_bias}
+        block = {
+            "norm": norm,
+            "dropout": dropout,
+            "conv_bias": conv_bias,
+            "pool_after_relu": pool_after_relu,
+        }
         self.prep_layer = ConvBlock(3, c1, pool=False, **block)
         self.layer1 = ResidualLayer(c1, c2, **block)
         self.layer2 = ConvBlock(c2, c3, pool=True, **block)

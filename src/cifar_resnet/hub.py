@@ -5,7 +5,8 @@
 - ``model.safetensors``: the network's ``state_dict`` (float32, the EMA's weights for a
   run with an EMA), read with ``safetensors.torch.load_file`` and no pickle;
 - ``config.json``: what rebuilds and feeds the network: ``architecture`` and its
-  ``model_options`` (width, norm, dropout, head bias, logit scale), ``classes`` (and
+  ``model_options`` (width, norm, dropout, head bias, logit scale, pooling order; a
+  folder written before the pooling option loads in the spec's order), ``classes`` (and
   ``id2label``), the training split's ``mean`` and ``std``, the ``input`` convention, the
   ``precision`` it was evaluated in, the test accuracy, and the training config without
   local paths;
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig, as_saved_run
+from .config import MODEL_OPTIONS, TrainConfig, as_saved_run
 from .custom_resnet import CustomResNet
 from .errors import CheckpointError, CifarResnetError, ConfigError, oneline
 from .inference import SIDE, Evaluation, TrainedModel
@@ -37,7 +38,6 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "README.md"
 MODEL_TYPE = "cifar-resnet/custom-resnet9"
-MODEL_OPTIONS = ("width", "norm", "dropout", "head_bias", "logit_scale")
 _LOCAL_FIELDS = ("data_dir", "cache_dir")
 TOLERANCE = 1e-6  # largest |logit| difference (fp32) accepted between reloaded and exported
 

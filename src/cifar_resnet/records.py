@@ -152,6 +152,7 @@ class RunSummary:
     ema_decay: float
     head_bias: bool
     logit_scale: float
+    pool_after_relu: bool  # Page's pooling order (conv, BN, ReLU, pool)
     width: float
     norm: str
     data: str

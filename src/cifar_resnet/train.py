@@ -72,14 +72,7 @@ class History:
 
 def build_model(config: TrainConfig, num_classes: int = 10) -> CustomResNet:
     """The network a config describes (not yet moved to a device)."""
-    return CustomResNet(
-        num_classes,
-        width=config.width,
-        norm=config.norm,
-        dropout=config.dropout,
-        head_bias=config.head_bias,
-        logit_scale=config.logit_scale,
-    )
+    return CustomResNet(num_classes, **config.model_options())
 
 
 def build_optimizer(
@@ -829,7 +822,8 @@ def _summarise(r: _Run, folder: RunFolder | None, *, resumed: bool) -> History:
         crop_pad_mode=config.crop_pad_mode, drop_last=config.drop_last,
         weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
         ema_decay=config.ema_decay, head_bias=config.head_bias, logit_scale=config.logit_scale,
-        width=config.width, norm=config.norm, data=s.data.source,
+        pool_after_relu=config.pool_after_relu, width=config.width, norm=config.norm,
+        data=s.data.source,
         mean=s.train.mean.tolist(), std=s.train.std.tolist(), classes=list(s.data.classes),
     )  # fmt: skip
     r.history.final = summary.to_dict()
