@@ -107,3 +107,5 @@ def test_pages_pooling_order_pools_after_batchnorm_and_relu():
         # blocks without pooling are the same in both; so are the output shapes
         torch.testing.assert_close(page.prep_layer(x[:, :3]), spec.prep_layer(x[:, :3]))
         assert page(x[:, :3]).shape == (2, 10)
+        # a plain Sequential in both orders: TorchScript compiles it as it is
+        torch.testing.assert_close(torch.jit.script(page)(x[:, :3]), page(x[:, :3]))

@@ -24,8 +24,8 @@ DAWNBench ResNet-9), and which options close the gap:
   scale is positive, so the two differ in the BatchNorm statistics (taken over 4x
   fewer, pooled activations here) and in any channel whose scale turns negative;
   the spec's order runs BN and ReLU on a quarter of the pixels.
-  ``pool_after_relu=True`` gives Page's order (the default is the spec's); the layers
-  and their state_dict keys are the same in both orders, only the forward differs.
+  ``pool_after_relu=True`` gives Page's order (the default is the spec's); both orders
+  have the same parameters under the same state_dict keys.
 - Everything else (channels, residual layout, 3x3 convolutions without bias,
   the final MaxPool of 4) is the same network.
 
@@ -75,8 +75,10 @@ def _norm(kind: str, channels: int) -> nn.Module:
 class ConvBlock(nn.Sequential):
     """Conv 3x3 (stride 1, padding 1) -> [MaxPool 2] -> norm -> ReLU -> [Dropout].
 
-    With ``pool_after_relu`` the pooling runs after the ReLU instead (Page's order); the
-    layers keep their places in the Sequential, so both orders have the same state_dict.
+    With ``pool_after_relu`` the pooling runs after the ReLU instead (Page's order), and
+    an ``Identity`` holds its place, so the norm stays at index 2 and both orders have the
+    same state_dict. A plain Sequential either way, so TorchScript and ONNX see no
+    custom forward.
     """
 
     def __init__(
@@ -90,21 +92,17 @@ class ConvBlock(nn.Sequential):
         conv_bias: bool,
         pool_after_relu: bool = False,
     ) -> None:
+        late = pool and pool_after_relu
         layers: list[nn.Module] = [Conv3x3(in_channels, out_channels, bias=conv_bias)]
         if pool:
-            layers.append(nn.MaxPool2d(2))
+            layers.append(nn.Identity() if late else nn.MaxPool2d(2))
         layers += [_norm(norm, out_channels), nn.ReLU(inplace=True)]
+        if late:
+            layers.append(nn.MaxPool2d(2))
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
-        self.pool_after_relu = pool and pool_after_relu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.pool_after_relu:
-            return super().forward(x)
-        conv, pool, norm, relu, *dropout = self
-        x = pool(relu(norm(conv(x))))  # (N, C, H/2, W/2)
-        return dropout[0](x) if dropout else x
+        self.pool_after_relu = late
 
 
 class ResidualLayer(nn.Module):
