@@ -38,8 +38,6 @@ from tqdm import tqdm
 
 from cifar_resnet.data import load_cifar10
 
-SIDE = 32
-
 
 def round_trip(image: np.ndarray, *, quality: int, offset: int) -> np.ndarray:
     """One JPEG encode/decode of an (H, W, 3) uint8 image, its block grid moved by ``offset``."""
@@ -112,13 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
     test_psnr = write_split(
         data.test_images, data.test_labels, data.classes, out / "test", desc="test", **kw
     )
-    same_grid = np.stack(
-        [
-            round_trip(image, quality=args.quality, offset=0)
-            for image in data.test_images.permute(0, 2, 3, 1).numpy()
-        ]
-    )
-    same_grid_psnr = psnr(data.test_images.permute(0, 2, 3, 1).numpy(), same_grid)
+    test_source = data.test_images.permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
+    same_grid = np.stack([round_trip(im, quality=args.quality, offset=0) for im in test_source])
+    same_grid_psnr = psnr(test_source, same_grid)
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "device": "cpu",
