@@ -225,8 +225,10 @@ class TrainConfig:
     device: str = _knob("auto", "auto (cuda if present, else cpu), cpu, cuda, cuda:N or mps")
     precision: str = _knob(
         "auto",
-        "bf16 autocast or fp32; auto: bf16 on CUDA, on CPUs with AMX, and on CPUs with "
-        "AVX512-BF16 where a probe convolution runs 1.2x faster in bf16",
+        "bf16 or fp16 autocast (fp16 with loss scaling), or fp32; auto: bf16 on GPUs of "
+        "compute capability 8.0+ (A100, L4), fp16 on 7.x (T4, V100), fp32 on older GPUs and "
+        "MPS; on CPUs bf16 with AMX, or with AVX512-BF16 where a probe convolution runs "
+        "1.2x faster in bf16, else fp32",
         choices=PRECISIONS,
     )
     sync_bn: bool = _knob(False, "data-parallel runs: BatchNorm statistics over the global batch")

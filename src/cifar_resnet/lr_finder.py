@@ -279,6 +279,7 @@ def find_lr(
         raise ConfigError(f"--finder-rule must be one of {', '.join(RULES)}, got {rule!r}")
     make = batches if callable(batches) else batches.__iter__
     autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
+    scaler = runtime.grad_scaler() if runtime is not None else torch.amp.GradScaler(enabled=False)
     schedule = np.geomspace(start_lr, end_lr, num_iter).tolist()
     lrs: list[float] = []
     losses: list[float] = []
@@ -296,8 +297,9 @@ def find_lr(
             with autocast():
                 loss = criterion(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             lrs.append(lr)
             losses.append(loss.item())
             bar.update()

@@ -48,6 +48,7 @@ class TrainState:
     rng: dict[str, Any] | None = None  # lifecycle.capture_rng of rank 0
     rng_ranks: list[dict[str, Any]] | None = None  # every rank's, when data-parallel
     ema: dict[str, Any] | None = None  # AveragedModel state_dict, with --ema-decay
+    scaler: dict[str, Any] | None = None  # GradScaler state_dict, in fp16
 
     def to_dict(self) -> dict[str, Any]:
         """The dict ``torch.save`` writes: the format tag and every field (tensors not copied)."""

@@ -3,7 +3,9 @@
 Precision (``--precision``): ``bf16`` is autocast to bfloat16, the same context on CUDA
 and on the CPU, so the CPU tests run the code a GPU user runs; BatchNorm, the softmax
 and the loss stay in fp32, as autocast keeps them, and the weights and optimizer state
-stay fp32. ``auto`` picks bf16 on CUDA and on CPUs with AMX-BF16; on a CPU whose bf16
+stay fp32. ``fp16`` is the same with loss scaling (``Runtime.grad_scaler``). ``auto``
+picks bf16 on CUDA GPUs that do it in tensor cores (compute capability 8.0 and later),
+fp16 on 7.x (a T4), fp32 on older GPUs and on MPS; bf16 on CPUs with AMX-BF16; on a CPU whose bf16
 kernels are AVX512-BF16 alone (as torch itself reports it) it times one convolution of
 this network in both precisions (under a second) and takes bf16 only where bf16 ran at
 least ``BF16_MIN_GAIN`` times faster; fp32 elsewhere. The probe is there because
@@ -44,9 +46,14 @@ import torch
 
 from .errors import ConfigError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BF16_MIN_GAIN = 1.2  # how much faster bf16 must time than fp32 for "auto" to take it
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+# CUDA compute capabilities: bf16 tensor cores from Ampere (8.0: A100, RTX 30xx, L4),
+# fp16 tensor cores from Volta (7.0: V100; 7.5: T4, RTX 20xx).
+BF16_MIN_CAPABILITY = (8, 0)
+FP16_MIN_CAPABILITY = (7, 0)
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclass(frozen=True)
@@ -56,11 +63,17 @@ class Runtime:
     device: torch.device
     autocast_dtype: torch.dtype | None
     channels_last: bool
+    sum_dtype: torch.dtype = torch.float64  # running sums of losses and counts (MPS: float32)
 
     @property
     def precision(self) -> str:
-        """``fp32`` or ``bf16``: the name of the autocast dtype, as configs record it."""
-        return "fp32" if self.autocast_dtype is None else "bf16"
+        """``fp32``, ``bf16`` or ``fp16``: the name of the autocast dtype, as configs record it."""
+        return _NAMES[self.autocast_dtype]
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling for fp16, whose 5-bit exponent flushes small gradients to zero;
+        a pass-through (``enabled=False``: the plain backward and step) otherwise."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     def autocast(self) -> AbstractContextManager:
         """Mixed-precision context for forward pass and loss; a no-op in fp32."""
@@ -78,6 +91,8 @@ class Runtime:
         """Wait for queued device work (for honest timings)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
 
     def describe(self) -> str:
         """Human-readable device name, e.g. 'cuda (NVIDIA H100 80GB HBM3)'."""
@@ -146,14 +161,41 @@ def cpu_bf16_gain(repeats: int = 5) -> float:
     return best[None] / best[torch.bfloat16]
 
 
-def resolve_precision(precision: str, device_type: str) -> str:
-    """``fp32`` or ``bf16`` for a ``--precision`` value on a device type (``cpu``, ``cuda``...)."""
+def cuda_precision(index: int | None = None) -> str:
+    """What ``auto`` trains in on a CUDA GPU, by its compute capability.
+
+    bf16 only where tensor cores do it (8.0 and later): ``torch.cuda.is_bf16_supported()``
+    also says yes on older GPUs, where bf16 is emulated and slower than fp32. fp16 with
+    loss scaling on 7.x (a T4's tensor cores do fp16 only), torch's documented mixed
+    precision recipe (autocast and ``GradScaler``); fp32 before that.
+    """
+    capability = tuple(torch.cuda.get_device_capability(index))
+    if capability >= BF16_MIN_CAPABILITY:
+        return "bf16"
+    if capability >= FP16_MIN_CAPABILITY:
+        return "fp16"
+    return "fp32"
+
+
+def resolve_precision(precision: str, device_type: str, index: int | None = None) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for a ``--precision`` value on a device type (``cpu``,
+    ``cuda``, ``mps``) and, for CUDA, the GPU's index."""
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device_type != "cuda":
+        raise ConfigError(
+            f"--precision fp16 is for CUDA GPUs (fp16 kernels elsewhere are slow); on "
+            f"{device_type} give bf16, fp32 or auto"
+        )
+    if device_type == "mps" and precision not in ("auto", "fp32"):
+        raise ConfigError(
+            f"--precision {precision} on mps: MPS trains in fp32 here (autocast on MPS is "
+            "untested); give --precision fp32, or train on cpu or cuda"
+        )
     if precision != "auto":
         return precision
     if device_type == "cuda":
-        return "bf16"
+        return cuda_precision(index)
     if device_type == "cpu" and cpu_has_amx():
         return "bf16"
     if device_type == "cpu" and cpu_has_bf16() and cpu_bf16_gain() >= BF16_MIN_GAIN:
@@ -177,8 +219,18 @@ def resolve_runtime(
     if device == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps: MPS is not available here; use --device cpu")
     dev = torch.device(device)
-    dtype = _DTYPES[resolve_precision(precision, dev.type)]
-    return Runtime(dev, dtype, channels_last=dev.type in ("cuda", "cpu"))
+    dtype = _DTYPES[resolve_precision(precision, dev.type, dev.index)]
+    mps = dev.type == "mps"  # no float64 there, and its NHWC kernels were never measured
+    return Runtime(
+        dev, dtype, channels_last=not mps, sum_dtype=torch.float32 if mps else torch.float64
+    )
+
+
+def device_type(device: str) -> str:
+    """The device type (``cpu``, ``cuda``, ``mps``) a ``--device`` value trains on."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device).type
 
 
 # glibc's mallopt parameters (malloc.h)
