@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import ConfigError
+from .runtime import device_type
 
 
 @dataclass(frozen=True)
@@ -81,16 +82,31 @@ class Dist:
 SINGLE_PROCESS = Dist()
 
 
-def from_env(device_type: str) -> Dist:
-    """Join the process group that torchrun describes in the environment, if any."""
+def from_env(device: str) -> Dist:
+    """Join the process group that torchrun describes in the environment, if any.
+
+    ``device`` is the ``--device`` value: each process trains on the GPU of its
+    LOCAL_RANK, so one named GPU (``cuda:0``) for several processes is refused, as is MPS,
+    which no process-group backend serves.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    kind = device_type(device)
+    if kind == "cuda" and device not in ("auto", "cuda"):
+        raise ConfigError(
+            f"--device {device} would put all {world} torchrun processes on one GPU; give "
+            "--device cuda: each process takes the GPU of its LOCAL_RANK"
+        )
+    if kind not in ("cuda", "cpu"):
+        raise ConfigError(
+            f"data-parallel training runs on cuda or cpu, not {kind}; give --device cuda or cpu"
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_type == "cuda":  # object collectives run on the current device
+    if kind == "cuda":  # object collectives run on the current device
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
+        backend = "nccl" if kind == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
 

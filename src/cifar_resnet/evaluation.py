@@ -115,7 +115,7 @@ def evaluate(
     ``dist``, each rank evaluates every ``world``-th batch and the sums are combined.
     """
     criterion = nn.CrossEntropyLoss(reduction="sum")
-    sums = torch.zeros(4, device=runtime.device, dtype=torch.float64)  # loss, hits, TTA loss, hits
+    sums = torch.zeros(4, device=runtime.device, dtype=runtime.sum_dtype)  # loss, hits, TTA x2
     n = len(split)
     starts = range(0, n, batch_size)[dist.rank :: dist.world]
     with eval_mode(model):
@@ -125,11 +125,11 @@ def evaluate(
         )  # fmt: skip
         for start, logits, flipped in batches:
             y = split.labels[start : start + batch_size]
-            sums[0] += criterion(logits.float(), y).double()
+            sums[0] += criterion(logits.float(), y).to(sums.dtype)
             sums[1] += (logits.argmax(1) == y).sum()
             if flipped is not None:
                 log_probs = tta_log_probs(logits, flipped)
-                sums[2] += nn.functional.nll_loss(log_probs, y, reduction="sum").double()
+                sums[2] += nn.functional.nll_loss(log_probs, y, reduction="sum").to(sums.dtype)
                 sums[3] += (log_probs.argmax(1) == y).sum()
     loss, correct, tta_loss, tta_correct = dist.all_sum(sums).tolist()
     out = {"loss": loss / n, "acc": int(correct) / n, "n": n}

@@ -27,7 +27,11 @@ from .splits import Split
 
 def capture_rng(generator: torch.Generator, aug_generator: torch.Generator | None) -> dict:
     """The random states a checkpoint keeps: torch's global ones and the run's generators."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "device": generator.device.type,  # a generator's state fits only its kind of device
+        "generator": generator.get_state(),
+    }
     if aug_generator is not None:
         state["aug_generator"] = aug_generator.get_state()
     if torch.cuda.is_available():
@@ -37,14 +41,36 @@ def capture_rng(generator: torch.Generator, aug_generator: torch.Generator | Non
 
 def restore_rng(
     state: dict[str, Any], generator: torch.Generator, aug_generator: torch.Generator | None
-) -> None:
-    """Inverse of ``capture_rng``."""
+) -> bool:
+    """Inverse of ``capture_rng``; False, leaving the run's generators as they are, when
+    the state was saved on another kind of device (a CUDA generator's 16 bytes do not
+    fit a CPU generator's 5,056). Each GPU present that the state has gets its own."""
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+    same_kind = saved_device_type(state) in (None, generator.device.type)
+    if not same_kind or state["generator"].numel() != generator.get_state().numel():
+        return False
     generator.set_state(state["generator"])
     if aug_generator is not None and "aug_generator" in state:
         aug_generator.set_state(state["aug_generator"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    return True
+
+
+# Sizes of a generator's state in bytes: mt19937 (CPU) and Philox (CUDA), for checkpoints
+# written before the device type was recorded beside it.
+_STATE_BYTES = {5056: "cpu", 16: "cuda"}
+
+
+def saved_device_type(state: dict[str, Any] | None) -> str | None:
+    """The kind of device (``cpu``, ``cuda``, ``mps``) whose generators ``capture_rng`` saved;
+    None if it cannot be told."""
+    if state is None:
+        return None
+    if "device" in state:
+        return str(state["device"])
+    return _STATE_BYTES.get(int(state["generator"].numel()))
 
 
 @contextlib.contextmanager

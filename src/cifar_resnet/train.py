@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -39,12 +40,18 @@ from .distributed import SINGLE_PROCESS, Dist, from_env, per_rank_batch
 from .errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from .evaluation import evaluate, predict_logits
 from .gallery import select_misclassified
-from .lifecycle import capture_rng, check_resumable, restore_rng, stop_on_signals
+from .lifecycle import (
+    capture_rng,
+    check_resumable,
+    restore_rng,
+    saved_device_type,
+    stop_on_signals,
+)
 from .lr_finder import LRFinderResult, find_lr, preserved_state, with_spread
 from .profiling import PhaseTimer, no_lap
 from .records import EpochMetrics, RunSummary, TrainState
 from .run_folder import RunFolder
-from .runtime import Runtime, keep_freed_memory, resolve_runtime
+from .runtime import Runtime, device_type, keep_freed_memory, resolve_runtime
 from .schedule import one_cycle_scheduler
 from .splits import Split, epoch_images, prepare_splits, steps_per_epoch, train_batches
 from .tensorboard_log import TensorBoardLog, check_available
@@ -52,6 +59,7 @@ from .tensorboard_log import TensorBoardLog, check_available
 # How often (in steps) a CUDA run reads back its loss to look for NaN/inf and, when
 # distributed, agrees on a stop request; on the CPU every step is checked (no sync cost).
 _CUDA_CHECK_EVERY = 16
+_NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)  # the plain backward and step
 
 
 @dataclass
@@ -208,6 +216,7 @@ def train_one_epoch(
     callbacks: Callbacks = Callbacks(),  # noqa: B008 (frozen: safe to share)
     desc: str = "train",
     step_offset: int = 0,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> EpochResult:
     """Train on ``batches`` (the rest of the epoch ``state`` describes); return its figures.
 
@@ -215,9 +224,11 @@ def train_one_epoch(
     ``config.drop_last``). Raises ``EpochInterrupted`` after
     the first step at which ``stop()`` is true, ``TrainingDiverged`` on a NaN or
     infinite loss. ``after_step`` runs after every optimizer step (the EMA of weights).
+    ``scaler`` scales the loss in fp16 (``Runtime.grad_scaler``); None: no scaling.
     ``callbacks.on_step`` gets each step as ``step_offset`` + its step in the epoch.
     """
     n_images = epoch_images(n_images, config.batch_size, bool(config.drop_last))
+    scaler = scaler or _NO_SCALING
     model.train()
     dev = runtime.device
     step_sums: list[torch.Tensor] = []  # loss x batch size per step, summed once at the end
@@ -242,16 +253,17 @@ def train_one_epoch(
             loss = criterion(logits, y)
         lap("forward")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         lap("backward")
-        optimizer.step()
+        scaler.step(optimizer)  # skipped (in fp16) when a gradient overflowed
+        scaler.update()
         scheduler.step()
         if after_step is not None:
             after_step()
         lap("optimizer")
         loss = loss.detach().float()
         pending.append(loss)
-        step_sums.append(loss.double() * y.shape[0])
+        step_sums.append(loss.to(runtime.sum_dtype) * y.shape[0])
         correct += (logits.detach().argmax(1) == y).sum()
         bar.update()
         state.step += 1
@@ -272,13 +284,14 @@ def train_one_epoch(
     state.correct += int(correct.item())
     if stopped and state.step < total:
         raise EpochInterrupted(state)
-    return _epoch_result(state, n_images, dist, dev)
+    return _epoch_result(state, n_images, dist, runtime)
 
 
-def _epoch_result(state: EpochState, n_images: int, dist: Dist, dev: torch.device) -> EpochResult:
+def _epoch_result(state: EpochState, n_images: int, dist: Dist, runtime: Runtime) -> EpochResult:
     """The epoch's figures over all ranks, from its per-step sums."""
     # One sum over all steps in order, so a resumed epoch adds up exactly as an unbroken one.
-    loss_total = torch.tensor(state.step_sums, dtype=torch.float64, device=dev).sum()
+    dev = runtime.device
+    loss_total = torch.tensor(state.step_sums, dtype=runtime.sum_dtype, device=dev).sum()
     correct_total = torch.tensor(state.correct, device=dev)
     return EpochResult(
         loss=dist.all_sum(loss_total).item() / n_images,
@@ -421,6 +434,7 @@ class _Run:
     history: History
     criterion: nn.Module
     aug_generator: torch.Generator | None  # per-rank augmentation stream when distributed
+    scaler: torch.amp.GradScaler  # fp16's loss scaling; a pass-through otherwise
     lr_source: str = "given"
     net: nn.Module | None = None  # what trains: the model, or its DDP / compiled wrapper
     compile_seconds: float | None = None
@@ -458,6 +472,25 @@ def resumed_config(state: TrainState | dict[str, Any], given: TrainConfig) -> Tr
     return saved.replace(**{name: getattr(given, name) for name in RESUME_OVERRIDES})
 
 
+def _continued_here(config: TrainConfig, state: TrainState) -> TrainConfig:
+    """A resumed run's config on this device. Saved on another kind of device (a Colab GPU,
+    continued on a laptop), it trains on in the precision ``auto`` picks here, and with
+    fresh random streams (``_reseed``): one warning says it is no longer bit-exact."""
+    saved, here = saved_device_type(state.rng), device_type(config.device)
+    if saved is None or saved == here:
+        return config
+    precision = resolve_runtime(config.device, "auto").precision
+    change = "" if precision == config.precision else f" (it trained in {config.precision})"
+    warnings.warn(
+        f"resuming on {here} a run saved on {saved}: it trains on in {precision}{change}, and "
+        "its random streams do not carry over (the data order after this epoch and the "
+        "augmentation are drawn afresh); the run continues, but no longer bit for bit as an "
+        "unbroken one",
+        stacklevel=3,
+    )
+    return config.replace(precision=precision)
+
+
 def fit(
     config: TrainConfig,
     data: Cifar10 | None = None,
@@ -478,10 +511,16 @@ def fit(
     """
     state = None if resume is None else train_state(resume)
     if state is not None:
-        config = resumed_config(state, config)
+        config = _continued_here(resumed_config(state, config), state)
     callbacks = console(progress) if callbacks is None else callbacks
     joined = torch.distributed.is_available() and torch.distributed.is_initialized()
-    dist = from_env(resolve_runtime(config.device, config.precision).device.type)
+    device = resolve_runtime(config.device, "fp32").device  # a device that is not here: one line
+    if config.sync_bn and device.type != "cuda":
+        raise ConfigError(
+            f"--sync-bn synchronises BatchNorm across GPUs (SyncBatchNorm runs on CUDA only), "
+            f"not on {device.type}; drop --sync-bn"
+        )
+    dist = from_env(config.device)
     try:
         return _fit(config, data, run, callbacks, state, dist)
     finally:
@@ -592,7 +631,8 @@ def _set_up(config: TrainConfig, data: Cifar10 | None, dist: Dist, callbacks: Ca
         else None
     )
     history = History(config=config, model=setup.model)
-    return _Run(config, setup, dist, history, build_criterion(config), aug_generator)
+    scaler = setup.runtime.grad_scaler()
+    return _Run(config, setup, dist, history, build_criterion(config), aug_generator, scaler)
 
 
 def _resolve_lrs(r: _Run, resume: TrainState | None, callbacks: Callbacks) -> None:
@@ -674,21 +714,42 @@ def _restore(r: _Run, state: TrainState) -> None:
     """Continue from a checkpoint: weights, optimizer, schedule, EMA, RNGs, records so far."""
     s = r.setup
     r.model.load_state_dict(state.model)
-    s.optimizer.load_state_dict(state.optimizer)
+    _load_optimizer(s.optimizer, state.optimizer)
     r.scheduler.load_state_dict(state.scheduler)
     if r.ema is not None:
         r.ema.load_state_dict(state.ema)
+    if state.scaler is not None and r.scaler.is_enabled():
+        r.scaler.load_state_dict(state.scaler)
     ranks = state.rng_ranks or [state.rng]
     if len(ranks) == r.dist.world:  # each rank continues its own random streams
-        restore_rng(ranks[r.dist.rank], s.generator, r.aug_generator)
+        carried = restore_rng(ranks[r.dist.rank], s.generator, r.aug_generator)
     else:  # another number of processes: shared streams from rank 0, fresh augmentation
-        restore_rng(state.rng, s.generator, r.aug_generator if r.dist.is_main else None)
+        carried = restore_rng(state.rng, s.generator, r.aug_generator if r.dist.is_main else None)
+    if not carried:
+        _reseed(r, state)
     r.history.epochs = list(state.metrics)
     r.history.step_lrs = list(state.step_lrs)
     r.first_epoch = state.epoch + 1
     r.train_seconds = state.train_seconds
     if state.epoch_state is not None:
         r.epoch_state = EpochState.from_dict(state.epoch_state, s.runtime.device)
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """The saved optimizer state, run by this device's implementation (a CUDA run's fused
+    kernels do not follow it to another device)."""
+    own = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
+    groups = [{**g, **o} for g, o in zip(saved["param_groups"], own, strict=True)]
+    optimizer.load_state_dict({**saved, "param_groups": groups})  # places state by own kernels
+
+
+def _reseed(r: _Run, state: TrainState) -> None:
+    """Fresh data order and augmentation streams where the saved ones cannot be restored
+    (saved on another kind of device: ``_continued_here`` says so)."""
+    seed = r.config.seed + 1_000_003 * (state.epoch + 1) + r.dist.rank
+    r.setup.generator.manual_seed(seed)
+    if r.aug_generator is not None:
+        r.aug_generator.manual_seed(seed + 1)
 
 
 def _write_start(
@@ -726,6 +787,7 @@ def _train_state(r: _Run, epoch: int, state: EpochState | None) -> TrainState:
         rng=rngs[0],
         rng_ranks=rngs if r.dist.enabled else None,
         ema=None if r.ema is None else r.ema.state_dict(),
+        scaler=r.scaler.state_dict() or None,
     )
 
 
@@ -772,15 +834,18 @@ def _train_epoch(
         state=state, n_images=r.epoch_images, config=r.config, dist=r.dist, stop=stop,
         after_step=None if r.ema is None else lambda: r.ema.update_parameters(r.model),
         callbacks=callbacks, desc=f"epoch {epoch}/{r.config.epochs}",
-        step_offset=(epoch - 1) * r.steps_per_epoch,
+        step_offset=(epoch - 1) * r.steps_per_epoch, scaler=r.scaler,
     )  # fmt: skip
 
 
 def _evaluate_epoch(r: _Run, epoch: int, result: EpochResult) -> EpochMetrics:
     """Test-split figures of the epoch's weights; adds the epoch to the history."""
     # Evaluate the plain module (DDP's forward would expect every rank to join), with rank
-    # 0's BatchNorm statistics everywhere: the reported accuracy is the saved model's.
+    # 0's BatchNorm statistics everywhere, the EMA's too (it averages each rank's own): the
+    # reported accuracy is the saved model's.
     r.dist.broadcast_buffers(r.model)
+    if r.ema is not None:
+        r.dist.broadcast_buffers(r.ema)
     ev = evaluate(
         r.evaluated, r.setup.test, r.setup.runtime,
         batch_size=r.config.eval_batch_size, dist=r.dist, tta=r.config.tta,
