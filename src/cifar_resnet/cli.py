@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from .errors import (
 )
 
 PROG = "cifar-resnet"
+TRACEBACK_ENV = "CIFAR_RESNET_TRACEBACK"  # set: an unexpected error also prints its traceback
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,9 +166,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if run is not None:
             run.close()
         return 128 + e.signum
-    except BaseException:
+    except BaseException as e:
         if run is not None:
             run.abandon()
+        if isinstance(e, Exception) and not isinstance(e, CifarResnetError):
+            raise _Unexpected(e, _what_is_saved(out)) from e
         raise
     if not main_rank:
         return 0
@@ -174,6 +178,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _finish_train(args, run, history, out, config, report)
     finally:
         run.close()
+
+
+class _Unexpected(Exception):
+    """An exception the package did not foresee, with what is saved and how to go on."""
+
+    def __init__(self, error: BaseException, then: str = "") -> None:
+        text = f"unexpected {type(error).__name__}: {oneline(error, 240)}"
+        super().__init__(f"{text}; {then}" if then else text)
+
+
+def _what_is_saved(out: Path) -> str:
+    """After a failure in ``train``: what its run folder holds and the command that goes on."""
+    from .run_folder import RunRecord
+
+    if not (out / "checkpoints" / "last.pt").is_file():
+        return ""
+    try:
+        record = RunRecord.open(out)
+        done, epochs = record.state.epoch, record.config.epochs
+    except CifarResnetError:
+        return ""
+    if done >= epochs and record.state.epoch_state is None:
+        return (
+            f"the run is saved in {out} (all {epochs} epochs); build its report with: "
+            f"{PROG} report {out}"
+        )
+    return f"the run is saved in {out} up to epoch {done}; continue: {PROG} train --resume {out}"
 
 
 def _print_config(args: argparse.Namespace) -> int:
@@ -214,9 +245,10 @@ def _finish_train(
             file=sys.stderr,
         )
         return 130
-    except CifarResnetError as e:  # the run itself is saved; the report can be rebuilt
+    except Exception as e:  # the run itself is saved; the report can be rebuilt
+        unexpected = "" if isinstance(e, CifarResnetError) else f"unexpected {type(e).__name__}: "
         raise CifarResnetError(
-            f"the run is saved but its report is not ({oneline(e)}); "
+            f"the run is saved but its report is not ({unexpected}{oneline(e, 240)}); "
             f"build it with: {PROG} report {out}"
         ) from None
     print(f"report in {path}")
@@ -801,6 +833,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush is silent
         return 0
+    except Exception as e:  # a bug: one line, and the traceback when asked for
+        error = e if isinstance(e, _Unexpected) else _Unexpected(e)
+        shown = os.environ.get(TRACEBACK_ENV)
+        if shown:
+            traceback.print_exception(e)
+        where = "" if shown else f" ({TRACEBACK_ENV}=1 shows the traceback)"
+        print(f"{PROG}: error: {oneline(error)}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
