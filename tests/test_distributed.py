@@ -11,9 +11,11 @@ from cifar_resnet.config import TrainConfig
 from cifar_resnet.distributed import per_rank_batch, shard
 from cifar_resnet.errors import ConfigError
 
+# An explicit precision: "auto" may time its probe differently in each process.
 CONFIG = TrainConfig(
-    width=0.25, epochs=2, peak_epoch=1, batch_size=100, max_lr=2e-3, device="cpu", seed=3
-)
+    width=0.25, epochs=2, peak_epoch=1, batch_size=100, max_lr=2e-3, device="cpu", seed=3,
+    precision="fp32",
+)  # fmt: skip
 
 
 def test_rank_shards_of_every_batch_are_disjoint_and_cover_the_data():
@@ -47,11 +49,11 @@ def _as_rank(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
-def _worker(rank: int, world: int, port: int, data, out: str) -> None:
+def _worker(rank: int, world: int, port: int, data, out: str, ema_decay: float = 0.0) -> None:
     from cifar_resnet.train import fit
 
     _as_rank(rank, world, port)
-    history = fit(CONFIG, data, progress=False)
+    history = fit(CONFIG.replace(ema_decay=ema_decay), data, progress=False)
     torch.save(
         {"model": history.model.state_dict(), "final": history.final, "epochs": history.epochs},
         f"{out}/rank{rank}.pt",
@@ -64,15 +66,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.parametrize("ema_decay", [0.0, 0.6])
 def test_two_gloo_processes_train_identical_weights_and_report_the_true_accuracy(
-    synthetic, tmp_path
+    synthetic, tmp_path, ema_decay
 ):
+    """With --ema-decay the EMA is what is evaluated and saved: its BatchNorm statistics,
+    averaged on each rank from its own, are rank 0's everywhere too."""
     from cifar_resnet.evaluation import evaluate
     from cifar_resnet.runtime import resolve_runtime
     from cifar_resnet.splits import prepare_splits
     from cifar_resnet.train import build_model
 
-    mp.spawn(_worker, args=(2, _free_port(), synthetic, str(tmp_path)), nprocs=2, join=True)
+    args = (2, _free_port(), synthetic, str(tmp_path), ema_decay)
+    mp.spawn(_worker, args=args, nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     for key in r0["model"]:  # weights, and BatchNorm statistics (rank 0's, broadcast)
@@ -82,7 +88,7 @@ def test_two_gloo_processes_train_identical_weights_and_report_the_true_accuracy
     assert drop(r0["epochs"]) == drop(r1["epochs"])  # metrics are reduced across ranks
 
     # The reported test accuracy is that of the final model, evaluated in one process.
-    runtime = resolve_runtime("cpu")
+    runtime = resolve_runtime("cpu", CONFIG.precision)
     _, test = prepare_splits(synthetic, CONFIG, runtime)
     model = build_model(CONFIG)
     model.load_state_dict(r0["model"])
@@ -198,7 +204,8 @@ def _precision_worker(rank: int, world: int, port: int, data, out: str) -> None:
     runtime.cpu_bf16_gain = lambda: 2.0 if rank == 0 else 0.5
     dist = from_env("cpu")
     try:
-        setup = setup_training(CONFIG, data, progress=False, dist=dist)
+        auto = CONFIG.replace(precision="auto")  # what this test is about
+        setup = setup_training(auto, data, progress=False, dist=dist)
         with open(f"{out}/rank{rank}.txt", "w") as f:
             f.write(setup.runtime.precision)
     finally:

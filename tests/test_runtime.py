@@ -1,3 +1,4 @@
+import math
 import subprocess
 import sys
 import textwrap
@@ -82,7 +83,8 @@ def test_auto_precision_follows_torchs_capability_queries_and_the_probe(
     assert resolve_runtime("cpu").precision == expected
     assert probed == ([] if amx or not (onednn or avx512_bf16) else [1, 1])
     before = len(probed)
-    assert resolve_precision("auto", "cuda") == "bf16"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert resolve_precision("auto", "cuda") == "bf16"  # an A100: no CPU probe
     assert resolve_precision("auto", "mps") == "fp32"
     assert resolve_precision("fp32", "cpu") == "fp32"  # explicit choices are kept
     assert resolve_precision("bf16", "cpu") == "bf16"
@@ -101,7 +103,9 @@ def test_the_bf16_probe_times_both_precisions_once_per_process(monkeypatch):
 
     monkeypatch.setattr(runtime_module, "_probe_pass", counted)
     gain = runtime_module.cpu_bf16_gain()
-    assert 0.05 < gain < 50  # a ratio of two measured times, not a flag
+    # A ratio of two measured times, not a flag; how large depends on the CPU (bf16 kernels
+    # without bf16 instructions can be many times slower than fp32).
+    assert math.isfinite(gain) and gain > 0
     assert passes == [None, torch.bfloat16] * 6  # one untimed and five timed passes each
     assert runtime_module.cpu_bf16_gain() == gain and len(passes) == 12  # cached
 
@@ -129,9 +133,9 @@ def test_a_capability_query_that_fails_counts_as_no(monkeypatch):
 
 
 def test_an_unknown_precision_names_the_flag():
-    with pytest.raises(ConfigError, match="--precision must be one of auto, fp32, bf16"):
-        resolve_precision("fp16", "cpu")
-    assert runtime_module.PRECISIONS == ("auto", "fp32", "bf16")
+    with pytest.raises(ConfigError, match="--precision must be one of auto, fp32, bf16, fp16"):
+        resolve_precision("fp8", "cpu")
+    assert runtime_module.PRECISIONS == ("auto", "fp32", "bf16", "fp16")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
