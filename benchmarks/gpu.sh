@@ -47,7 +47,7 @@ mkdir -p "$out"
 case $stage in
 spec)
     "$python" -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_augment.py \
-        tests/test_profiling.py tests/test_schedule.py 2>&1 | tee "$out/gpu-tests.log" ||
+        tests/test_profiling.py tests/test_schedule.py tests/test_devices.py 2>&1 | tee "$out/gpu-tests.log" ||
         echo "some tests failed on this machine: see gpu-tests.log"
     "$python" benchmarks/train_bench.py --name spec --seeds 0 1 2 "${small[@]}" \
         --data-dir "$data" --cache-dir "$cache" --out "$runs/spec" --results-dir "$results"

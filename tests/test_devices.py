@@ -147,6 +147,16 @@ def test_loss_scaling_is_part_of_the_run_and_of_its_checkpoint(tmp_path, synthet
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
+def test_a_model_trained_in_fp16_on_a_gpu_is_evaluated_in_fp32_on_the_cpu(tmp_path, synthetic):
+    out = tmp_path / "run"
+    fit(TINY.replace(epochs=1, precision="fp32"), synthetic, run=RunFolder(out), progress=False)
+    state = load_checkpoint(out)
+    state["config"]["precision"] = "fp16"  # as a T4 records it
+    assert load_model(state, device="cpu").runtime.precision == "fp32"
+    state["config"]["precision"] = "bf16"
+    assert load_model(state, device="cpu").runtime.precision == "bf16"
+
+
 # 3. A run resumes on another kind of device -------------------------------------------------
 
 

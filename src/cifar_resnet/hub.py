@@ -32,7 +32,7 @@ from .config import MODEL_OPTIONS, TrainConfig, as_saved_run
 from .custom_resnet import CustomResNet
 from .errors import CheckpointError, CifarResnetError, ConfigError, oneline
 from .inference import SIDE, Evaluation, TrainedModel
-from .runtime import resolve_runtime
+from .runtime import resolve_runtime, runnable_precision
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -273,7 +273,8 @@ def load_folder(path: str | Path, device: str = "cpu") -> TrainedModel:
         training = TrainConfig.from_dict(as_saved_run(config["training_config"]))
     except (ConfigError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path / CONFIG}: invalid training_config: {oneline(e)}") from None
-    runtime = resolve_runtime(device, config.get("precision", training.precision))
+    precision = config.get("precision", training.precision)
+    runtime = resolve_runtime(device, runnable_precision(precision, device))
     model = _network(config, weights).to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -43,7 +43,7 @@ from .errors import DataError, oneline
 from .evaluation import predict_logits, tta_log_probs
 from .records import TrainState
 from .run_folder import RunRecord
-from .runtime import Runtime, resolve_runtime
+from .runtime import Runtime, resolve_runtime, runnable_precision
 from .splits import limit_splits
 
 SIDE = 32  # CIFAR-10 images are SIDE x SIDE pixels
@@ -151,7 +151,7 @@ def load_model(
         record = RunRecord.open(checkpoint)
         state, path = record.state, record.checkpoint
     config = config_from_checkpoint(state)
-    runtime = resolve_runtime(device, config.precision)
+    runtime = resolve_runtime(device, runnable_precision(config.precision, device))
     model = model_from_checkpoint(state).to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -203,6 +203,15 @@ def resolve_precision(precision: str, device_type: str, index: int | None = None
     return "fp32"
 
 
+def runnable_precision(precision: str, device: str) -> str:
+    """A trained model's precision where it can run on ``device``, else fp32: a T4's fp16
+    model evaluated on a CPU, or a bf16 one on MPS, runs in fp32 there."""
+    kind = device_type(device)
+    if (precision == "fp16" and kind != "cuda") or (kind == "mps" and precision != "fp32"):
+        return "fp32"
+    return precision
+
+
 def resolve_runtime(
     device: str = "auto", precision: str = "auto", local_rank: int | None = None
 ) -> Runtime:
