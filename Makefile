@@ -1,5 +1,6 @@
 # make train: create .venv if missing, install, train with the defaults.
-# make test:  create .venv if missing, install, run the test suite.
+# make test:  create .venv if missing, install, run the test suite (the slow tests aside).
+# make test-slow: the slow tests (real data, kill -9 loops, torch.compile); CI runs both.
 # DATA_DIR=path points at a local copy of CIFAR-10 (folder or .tar.gz);
 # without it the official archive is downloaded (and cached).
 
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?=
 ARGS ?=
 
-.PHONY: train test lint clean
+.PHONY: train test test-slow lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +26,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -33,6 +33,7 @@ def _only_file(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_speed_times_every_path_and_records_the_ratios(data_dir, tmp_path):
     result = _script("speed").main(
         ["--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--width", "0.25",

@@ -178,6 +178,7 @@ def _resume_worker(rank: int, world: int, port: int, data, out: str, mode: str) 
     )
 
 
+@pytest.mark.slow
 def test_a_data_parallel_run_resumed_after_an_epoch_ends_as_an_unbroken_one(synthetic, tmp_path):
     for mode in ("full", "resume"):
         args = (2, _free_port(), synthetic, str(tmp_path), mode)

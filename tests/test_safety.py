@@ -294,6 +294,7 @@ def _wait_for(predicate, proc: _Child, timeout: float = 120) -> None:
     raise AssertionError("timed out")
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_naming_the_first_and_kill_9_leaves_no_lock(
     data_dir, tmp_path, capsys
 ):
@@ -386,8 +387,10 @@ def test_json_files_never_hold_nan_or_infinity(tmp_path):
 # 5. A full disk at each write of a run: one line, exit 2, and a run that continues
 
 
-_TARGETS = [("config.json", 1), ("last.pt", 1), ("metrics.jsonl", 2), ("last.pt", 2),
-            ("final.json", 1), ("report.html", 1)]  # fmt: skip
+_SLOW = pytest.mark.slow  # make test keeps the first and a later checkpoint, and config.json
+_TARGETS = [("config.json", 1), ("last.pt", 1), pytest.param("metrics.jsonl", 2, marks=_SLOW),
+            ("last.pt", 2), pytest.param("final.json", 1, marks=_SLOW),
+            pytest.param("report.html", 1, marks=_SLOW)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "nth"), _TARGETS)
@@ -478,6 +481,7 @@ def _trial(data_dir: Path, out: Path, reference: Path, moment: str, rng: random.
     return True
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_always_leaves_a_run_that_resumes_exactly(
     reference, data_dir, tmp_path
 ):

@@ -340,6 +340,7 @@ def test_a_bf16_training_step_agrees_with_fp32_within_bf16_tolerance(synthetic, 
     torch.testing.assert_close(bn16, bn32, rtol=0.05, atol=5e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_compile_trains_the_same_run_and_reports_its_time_apart(synthetic, drop_last):
     # Batch 140 over 600 images: a last batch of 40, trained (a second shape the warm-up

@@ -124,7 +124,10 @@ def _resume_and_compare(out: Path, reference: Path) -> None:
     _assert_same_run(reference, out)
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)],
+)
 def test_a_signal_checkpoints_mid_epoch_and_resume_ends_bit_exact(
     sig, code, data_dir, reference, tmp_path
 ):
@@ -138,6 +141,7 @@ def test_a_signal_checkpoints_mid_epoch_and_resume_ends_bit_exact(
     _resume_and_compare(out, reference)
 
 
+@pytest.mark.slow
 def test_sigkill_loses_at_most_the_current_epoch_and_resume_ends_bit_exact(
     data_dir, reference, tmp_path
 ):
