@@ -36,7 +36,7 @@ from PIL import Image
 from results_file import RESULTS, write_result
 from tqdm import tqdm
 
-from cifar_resnet.data import load_cifar10
+from cifar_resnet.data.load import load_cifar10
 
 
 def round_trip(image: np.ndarray, *, quality: int, offset: int) -> np.ndarray:

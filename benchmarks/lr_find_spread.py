@@ -5,7 +5,7 @@
 
 Runs the range test exactly as ``train`` does (``lr_range_test``: fresh weights of
 each seed, that seed's data order and augmentation, the run's precision), keeps
-each seed's raw curve, then applies every rule of ``lr_finder.RULES`` to the same
+each seed's raw curve, then applies every rule of ``config.FINDER_RULES`` to the same
 curves, and for comparison the rules this package used before: ``floor-0.1`` (the
 floor rule with a band of 10% of the fall instead of 20%) and ``valley-ema`` (the
 smoothed minimum / 10 with torch-lr-finder's exponential smoothing, factor 0.2).
@@ -24,11 +24,11 @@ import time
 import torch
 from results_file import RESULTS, write_result
 
-from cifar_resnet.config import TrainConfig
-from cifar_resnet.data import load_cifar10
-from cifar_resnet.lr_finder import RULES, choose_lrs, smooth_curve
+from cifar_resnet.config import FINDER_RULES, TrainConfig
+from cifar_resnet.data.load import load_cifar10
 from cifar_resnet.runtime import resolve_runtime
-from cifar_resnet.train import lr_range_test
+from cifar_resnet.training.fit import lr_range_test
+from cifar_resnet.training.lr_finder import choose_lrs, smooth_curve
 
 
 def _ema(losses: list[float], factor: float = 0.2) -> list[float]:
@@ -42,7 +42,7 @@ def _ema(losses: list[float], factor: float = 0.2) -> list[float]:
 def score_rules(sweeps: list[dict]) -> dict[str, dict]:
     """Every rule's LRMAX for each sweep (raw curve), and the spread over the sweeps."""
     rules = {}
-    for rule in (*RULES, "floor-0.1", "valley-ema"):
+    for rule in (*FINDER_RULES, "floor-0.1", "valley-ema"):
         chosen = []
         for s in sweeps:
             if rule == "valley-ema":

@@ -27,10 +27,9 @@ from results_file import RESULTS, write_result
 from torch.profiler import ProfilerActivity, profile
 
 from cifar_resnet.config import TrainConfig
-from cifar_resnet.evaluation import evaluate
-from cifar_resnet.profiling import PhaseTimer
-from cifar_resnet.splits import steps_per_epoch, train_batches
-from cifar_resnet.train import (
+from cifar_resnet.data.splits import steps_per_epoch, train_batches
+from cifar_resnet.inference.evaluation import evaluate
+from cifar_resnet.training.fit import (
     Callbacks,
     EpochState,
     build_criterion,
@@ -38,6 +37,7 @@ from cifar_resnet.train import (
     setup_training,
     train_one_epoch,
 )
+from cifar_resnet.training.profiling import PhaseTimer
 
 TRAIN_PHASES = ("augmentation", "forward", "backward", "optimizer", "bookkeeping")
 

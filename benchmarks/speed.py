@@ -58,8 +58,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from cifar_resnet.config import TrainConfig
-from cifar_resnet.cpu_conv import gemm_convolutions
-from cifar_resnet.data import channel_stats, load_cifar10
+from cifar_resnet.data.load import channel_stats, load_cifar10
+from cifar_resnet.data.splits import Split, train_batches
+from cifar_resnet.model.cpu_conv import gemm_convolutions
 from cifar_resnet.runtime import (
     Runtime,
     cpu_bf16_gain,
@@ -68,8 +69,7 @@ from cifar_resnet.runtime import (
     keep_freed_memory,
     resolve_runtime,
 )
-from cifar_resnet.splits import Split, train_batches
-from cifar_resnet.train import (
+from cifar_resnet.training.fit import (
     EpochState,
     build_criterion,
     build_model,

@@ -29,9 +29,9 @@ import torch
 from results_file import RESULTS, slug, write_result
 
 from cifar_resnet.cli import add_config_flags, config_from_args
-from cifar_resnet.data import load_cifar10
-from cifar_resnet.run_folder import RunFolder
-from cifar_resnet.train import fit
+from cifar_resnet.data.load import load_cifar10
+from cifar_resnet.records.run_folder import RunFolder
+from cifar_resnet.training.fit import fit
 
 
 def _run_record(

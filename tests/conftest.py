@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_resnet.data import CLASSES, Cifar10
+from cifar_resnet.data.load import CLASSES, Cifar10
 
 # Flags of a one-epoch CPU run of the narrow net, for command-line tests.
 TINY_RUN = [

@@ -6,7 +6,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from cifar_resnet import cli
-from cifar_resnet.analysis import (
+from cifar_resnet.data.load import channel_stats
+from cifar_resnet.insight.analysis import (
     augmented_view,
     class_counts,
     data_figures,
@@ -14,7 +15,6 @@ from cifar_resnet.analysis import (
     sample_indices,
     summarize_data,
 )
-from cifar_resnet.data import channel_stats
 
 
 def test_summary_counts_classes_and_channel_stats(synthetic):

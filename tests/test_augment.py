@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cifar_resnet.augment import apply_augment, augment, normalize, sample_augment
+from cifar_resnet.data.augment import apply_augment, augment, normalize, sample_augment
 
 N = 36_000
 

@@ -198,7 +198,7 @@ def test_a_jpeg_round_trip_on_a_moved_grid_loses_what_one_on_the_same_grid_keeps
 def test_jpeg_round_trip_writes_a_tree_the_package_reads_and_records_its_psnr(data_dir, tmp_path):
     import numpy as np
 
-    from cifar_resnet.data import load_cifar10
+    from cifar_resnet.data.load import load_cifar10
 
     trip = _script("jpeg_round_trip")
     out = tmp_path / "copy"

@@ -1,11 +1,15 @@
 import pytest
 import torch
 
-from cifar_resnet.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.errors import CheckpointError
-from cifar_resnet.run_folder import RunFolder
-from cifar_resnet.train import fit
+from cifar_resnet.records.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+from cifar_resnet.records.run_folder import RunFolder
+from cifar_resnet.training.fit import fit
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +76,7 @@ def test_weights_of_another_width_or_norm_are_refused(run):
 
 
 def test_the_run_records_its_resolved_precision_and_older_configs_load_as_fp32(run):
-    from cifar_resnet.checkpoint import config_from_checkpoint
+    from cifar_resnet.records.checkpoint import config_from_checkpoint
 
     state = load_checkpoint(run)
     assert state["config"]["precision"] in ("fp32", "bf16")  # what "auto" chose, not "auto"
@@ -81,7 +85,7 @@ def test_the_run_records_its_resolved_precision_and_older_configs_load_as_fp32(r
 
 
 def test_page_configs_saved_before_the_pipeline_options_load_as_what_they_ran(run):
-    from cifar_resnet.checkpoint import config_from_checkpoint
+    from cifar_resnet.records.checkpoint import config_from_checkpoint
 
     state = load_checkpoint(run)
     new = ("crop_pad_mode", "drop_last")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from cifar_resnet.confusion import confusion_matrix, per_class_accuracy
+from cifar_resnet.inference.metrics import confusion_matrix, per_class_accuracy
 
 
 def test_rows_are_actual_columns_predicted():

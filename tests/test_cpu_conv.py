@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cifar_resnet import cpu_conv
-from cifar_resnet.cpu_conv import Conv3x3, columns, columns_adjoint, gemm_convolutions
+from cifar_resnet.model import cpu_conv
+from cifar_resnet.model.cpu_conv import Conv3x3, columns, columns_adjoint, gemm_convolutions
 
 
 def _inputs(n: int, c: int, o: int, hw: int, *, seed: int = 0):

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from cifar_resnet.custom_resnet import CustomResNet, count_parameters
 from cifar_resnet.errors import ConfigError
+from cifar_resnet.model.custom_resnet import CustomResNet, count_parameters
 
 
 def test_default_has_the_reference_parameter_count():

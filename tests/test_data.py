@@ -1,4 +1,4 @@
-"""Tests for cifar_resnet.data: every source yields the same tensors, the cache, and errors."""
+"""Tests for cifar_resnet.data.load: every source yields the same tensors, the cache, and errors."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import torch
 from conftest import Served
 from PIL import Image
 
-from cifar_resnet import data
-from cifar_resnet.data import CLASSES, channel_stats, load_cifar10
+from cifar_resnet.data import load as data
+from cifar_resnet.data.load import CLASSES, channel_stats, load_cifar10
 from cifar_resnet.errors import DataError
 
 TRAIN_PER_CLASS = 2

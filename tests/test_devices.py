@@ -17,18 +17,19 @@ import torch
 from conftest import TINY_RUN, run_cli
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cifar_resnet import lifecycle, report
-from cifar_resnet.checkpoint import load_checkpoint
 from cifar_resnet.config import TrainConfig
-from cifar_resnet.custom_resnet import CustomResNet
+from cifar_resnet.data.splits import prepare_splits, train_batches
 from cifar_resnet.errors import ConfigError, TrainingInterrupted
-from cifar_resnet.evaluation import evaluate
-from cifar_resnet.inference import load_model
-from cifar_resnet.run_folder import RunFolder
+from cifar_resnet.inference.evaluation import evaluate
+from cifar_resnet.inference.predict import load_model
+from cifar_resnet.insight import report
+from cifar_resnet.model.custom_resnet import CustomResNet
+from cifar_resnet.model.summary import model_summary
+from cifar_resnet.records.checkpoint import load_checkpoint
+from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import Runtime, resolve_precision, resolve_runtime
-from cifar_resnet.splits import prepare_splits, train_batches
-from cifar_resnet.summary import model_summary
-from cifar_resnet.train import (
+from cifar_resnet.training import lifecycle
+from cifar_resnet.training.fit import (
     Callbacks,
     EpochState,
     build_criterion,
@@ -328,7 +329,7 @@ def _train_args(pickle_dir: Path, out: Path) -> list[str]:
 def test_an_unexpected_error_after_the_last_checkpoint_says_the_run_is_saved(
     pickle_dir, tmp_path, capsys, monkeypatch
 ):
-    from cifar_resnet import train
+    from cifar_resnet.training import fit as train
 
     def broken(*args, **kwargs):
         raise RuntimeError("Expected all tensors to be on the same device")
@@ -364,7 +365,7 @@ def test_an_unexpected_error_in_the_report_keeps_the_run_and_says_how_to_build_i
 def test_an_unexpected_error_elsewhere_is_one_line_and_its_traceback_on_request(
     tmp_path, capsys, monkeypatch
 ):
-    from cifar_resnet import custom_resnet
+    from cifar_resnet.model import custom_resnet
 
     def broken(*args, **kwargs):
         raise KeyError("width")

@@ -50,7 +50,7 @@ def _as_rank(rank: int, world: int, port: int) -> None:
 
 
 def _worker(rank: int, world: int, port: int, data, out: str, ema_decay: float = 0.0) -> None:
-    from cifar_resnet.train import fit
+    from cifar_resnet.training.fit import fit
 
     _as_rank(rank, world, port)
     history = fit(CONFIG.replace(ema_decay=ema_decay), data, progress=False)
@@ -72,10 +72,10 @@ def test_two_gloo_processes_train_identical_weights_and_report_the_true_accuracy
 ):
     """With --ema-decay the EMA is what is evaluated and saved: its BatchNorm statistics,
     averaged on each rank from its own, are rank 0's everywhere too."""
-    from cifar_resnet.evaluation import evaluate
+    from cifar_resnet.data.splits import prepare_splits
+    from cifar_resnet.inference.evaluation import evaluate
     from cifar_resnet.runtime import resolve_runtime
-    from cifar_resnet.splits import prepare_splits
-    from cifar_resnet.train import build_model
+    from cifar_resnet.training.fit import build_model
 
     args = (2, _free_port(), synthetic, str(tmp_path), ema_decay)
     mp.spawn(_worker, args=args, nprocs=2, join=True)
@@ -149,9 +149,9 @@ def _resume_worker(rank: int, world: int, port: int, data, out: str, mode: str) 
     """``full``: two epochs, keeping the epoch-1 checkpoint; ``resume``: epoch 2 from it."""
     import shutil
 
-    from cifar_resnet.checkpoint import load_checkpoint
-    from cifar_resnet.run_folder import RunFolder
-    from cifar_resnet.train import fit
+    from cifar_resnet.records.checkpoint import load_checkpoint
+    from cifar_resnet.records.run_folder import RunFolder
+    from cifar_resnet.training.fit import fit
 
     _as_rank(rank, world, port)
     # Dropout draws from each rank's own global RNG; 600 images in batches of 140 leave a
@@ -197,7 +197,7 @@ def _precision_worker(rank: int, world: int, port: int, data, out: str) -> None:
     faster on rank 0 than on rank 1; record the precision each rank would train in."""
     from cifar_resnet import runtime
     from cifar_resnet.distributed import from_env
-    from cifar_resnet.train import setup_training
+    from cifar_resnet.training.fit import setup_training
 
     _as_rank(rank, world, port)
     runtime.cpu_has_amx = lambda: False

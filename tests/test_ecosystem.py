@@ -11,11 +11,11 @@ import torch
 from conftest import TINY_RUN, run_cli
 
 from cifar_resnet import TrainConfig, fit
-from cifar_resnet.checkpoint import load_checkpoint
 from cifar_resnet.config import RECIPES
 from cifar_resnet.config_file import format_config, read_config_file
-from cifar_resnet.run_folder import RunFolder
-from cifar_resnet.train import Callbacks
+from cifar_resnet.records.checkpoint import load_checkpoint
+from cifar_resnet.records.run_folder import RunFolder
+from cifar_resnet.training.fit import Callbacks
 
 
 @pytest.fixture
@@ -254,7 +254,7 @@ def test_safetensors_export_reloads_without_pickle_with_the_same_logits(trained,
     from safetensors.torch import load_file
 
     from cifar_resnet import load_model
-    from cifar_resnet.custom_resnet import CustomResNet
+    from cifar_resnet.model.custom_resnet import CustomResNet
 
     folder = tmp_path / "hub"
     code, out, err = run_cli(

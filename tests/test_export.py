@@ -12,12 +12,12 @@ from conftest import make_synthetic, run_cli
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.errors import CifarResnetError
-from cifar_resnet.evaluation import predict_logits
-from cifar_resnet.export import NormalizedClassifier, export_model, read_metadata
-from cifar_resnet.inference import TrainedModel, load_model
-from cifar_resnet.run_folder import RunFolder
+from cifar_resnet.inference.evaluation import predict_logits
+from cifar_resnet.inference.export import NormalizedClassifier, export_model, read_metadata
+from cifar_resnet.inference.predict import TrainedModel, load_model
+from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
-from cifar_resnet.train import fit
+from cifar_resnet.training.fit import fit
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

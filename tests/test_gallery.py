@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cifar_resnet.gallery import select_misclassified
+from cifar_resnet.inference.metrics import select_misclassified
 
 
 def _logits_for(probs: list[list[float]]) -> torch.Tensor:

@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cifar_resnet.custom_resnet import CustomResNet
 from cifar_resnet.errors import ConfigError
-from cifar_resnet.gradcam import DEFAULT_LAYER, GRADCAM_LAYERS, grad_cam
+from cifar_resnet.insight.gradcam import DEFAULT_LAYER, GRADCAM_LAYERS, grad_cam
+from cifar_resnet.model.custom_resnet import CustomResNet
 
 
 @pytest.fixture(scope="module")

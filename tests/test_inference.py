@@ -11,11 +11,10 @@ from conftest import make_synthetic, run_cli, write_pickles
 from PIL import Image
 from torch import nn
 
-from cifar_resnet.checkpoint import load_checkpoint
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.errors import DataError
-from cifar_resnet.evaluation import predict_logits
-from cifar_resnet.inference import (
+from cifar_resnet.inference.evaluation import predict_logits
+from cifar_resnet.inference.predict import (
     TrainedModel,
     evaluate_model,
     load_image,
@@ -24,9 +23,10 @@ from cifar_resnet.inference import (
     select_test_split,
     to_batch,
 )
-from cifar_resnet.run_folder import RunFolder
+from cifar_resnet.records.checkpoint import load_checkpoint
+from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
-from cifar_resnet.train import fit
+from cifar_resnet.training.fit import fit
 
 LIMIT_TEST = 150  # the run evaluates on the first 150 of the 200 test images
 

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from cifar_resnet.errors import ConfigError
-from cifar_resnet.lr_finder import (
+from cifar_resnet.plots import plot_lr_finder
+from cifar_resnet.training.lr_finder import (
     FLOOR_SCALE,
     choose_lrs,
     find_lr,
-    plot_lr_finder,
     smooth_curve,
     valley_floor,
     with_spread,
@@ -91,9 +91,9 @@ def test_lrs_grow_exponentially_and_losses_are_recorded_raw(synthetic):
 
 def test_model_optimizer_and_rng_state_are_restored_bit_exactly(synthetic):
     from cifar_resnet.config import TrainConfig
+    from cifar_resnet.data.splits import prepare_splits
     from cifar_resnet.runtime import resolve_runtime
-    from cifar_resnet.splits import prepare_splits
-    from cifar_resnet.train import build_model, build_optimizer, find_training_lr
+    from cifar_resnet.training.fit import build_model, build_optimizer, find_training_lr
 
     config = TrainConfig(width=0.25, batch_size=64, finder_num_iter=12, dropout=0.1)
     runtime = resolve_runtime("cpu")

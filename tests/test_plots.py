@@ -5,20 +5,21 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cifar_resnet.data import CLASSES
-from cifar_resnet.gallery import select_misclassified
-from cifar_resnet.lr_finder import LRFinderResult, plot_lr_finder
+from cifar_resnet.data.load import CLASSES
+from cifar_resnet.inference.metrics import select_misclassified
 from cifar_resnet.plots import (
     figure_png,
     plot_class_distribution,
     plot_confusion_matrix,
     plot_gradcam,
     plot_image_grid,
+    plot_lr_finder,
     plot_lr_schedule,
     plot_misclassified,
     plot_per_class_accuracy,
     plot_training_curves,
 )
+from cifar_resnet.records.records import LRFinderResult
 
 METRICS = [
     {

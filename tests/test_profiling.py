@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from cifar_resnet.config import TrainConfig
-from cifar_resnet.profiling import PhaseTimer
-from cifar_resnet.splits import train_batches
-from cifar_resnet.train import (
+from cifar_resnet.data.splits import train_batches
+from cifar_resnet.training.fit import (
     Callbacks,
     EpochState,
     build_criterion,
@@ -14,6 +13,7 @@ from cifar_resnet.train import (
     setup_training,
     train_one_epoch,
 )
+from cifar_resnet.training.profiling import PhaseTimer
 
 PHASES = ["augmentation", "forward", "backward", "optimizer", "bookkeeping"]
 

@@ -15,13 +15,13 @@ from PIL import Image
 
 from cifar_resnet import cli
 from cifar_resnet.config import TrainConfig
-from cifar_resnet.custom_resnet import count_parameters
-from cifar_resnet.data import Cifar10
+from cifar_resnet.data.load import Cifar10
 from cifar_resnet.errors import CheckpointError, DataError
-from cifar_resnet.gallery import select_misclassified
-from cifar_resnet.report import SECTIONS, build_report, load_run
-from cifar_resnet.run_folder import RunFolder
-from cifar_resnet.train import fit
+from cifar_resnet.inference.metrics import select_misclassified
+from cifar_resnet.insight.report import SECTIONS, build_report, load_run
+from cifar_resnet.model.custom_resnet import count_parameters
+from cifar_resnet.records.run_folder import RunFolder
+from cifar_resnet.training.fit import fit
 
 EXPECTED_FIGURES = (
     "loss and accuracy per epoch, train and test",

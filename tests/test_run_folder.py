@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cifar_resnet.errors import CheckpointError
-from cifar_resnet.run_folder import RunFolder
+from cifar_resnet.records.run_folder import RunFolder
 
 
 def test_a_folder_holding_a_run_is_refused_unless_forced(tmp_path):

@@ -10,15 +10,18 @@ from cifar_resnet import runtime as runtime_module
 from cifar_resnet.errors import ConfigError
 from cifar_resnet.runtime import cpu_has_bf16, resolve_precision, resolve_runtime
 
-# Allocate and free a 96 MiB buffer (over glibc's 32 MiB mmap ceiling) twelve times and
-# count the page faults taken on the last nine.
+# Allocate and free a 96 MiB buffer (over glibc's 32 MiB mmap ceiling) nineteen times and
+# count the page faults taken on the last nine. Kept, the heap grows a few times before a
+# freed buffer fits the next request with its alignment slack (how many depends on what the
+# process allocated before); ten rounds reach that steady state, which training reaches in
+# its first steps.
 _FAULTS = textwrap.dedent(
     """
     import resource, sys
     import torch
     from cifar_resnet.runtime import keep_freed_memory
     applied = keep_freed_memory(sys.argv[1] == "keep")
-    for _ in range(3):
+    for _ in range(10):
         torch.ones(24 << 20)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(9):

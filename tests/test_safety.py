@@ -22,7 +22,8 @@ import pytest
 import torch
 from conftest import make_synthetic, run_cli, write_pickles
 
-from cifar_resnet import run_folder
+from cifar_resnet import files
+from cifar_resnet.records import run_folder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # The threads of the pytest process too: runs compared bit for bit must split their work alike.
@@ -398,7 +399,7 @@ def test_a_full_disk_at_each_write_ends_in_one_line_and_the_run_continues(
     name, nth, reference, data_dir, tmp_path, capsys, monkeypatch
 ):
     out = tmp_path / "run"
-    real = run_folder.atomic_write
+    real = files.atomic_write
     seen = []
 
     def full_disk(path: Path, write, **how) -> None:
@@ -412,10 +413,10 @@ def test_a_full_disk_at_each_write_ends_in_one_line_and_the_run_continues(
                 return real(path, fail, **how)
         return real(path, write, **how)
 
-    monkeypatch.setattr(run_folder, "atomic_write", full_disk)
+    monkeypatch.setattr(files, "atomic_write", full_disk)
     code, _, err = run_cli(_args(data_dir, out), capsys)
     _one_line(code, err, "No space left on device", name)
-    monkeypatch.setattr(run_folder, "atomic_write", real)  # space freed
+    monkeypatch.setattr(files, "atomic_write", real)  # space freed
     if name == "config.json":  # nothing was trained: the same command starts afresh
         assert "then run the same command again" in err
         assert not out.exists()
@@ -499,7 +500,7 @@ def test_kill_9_at_random_moments_always_leaves_a_run_that_resumes_exactly(
 def _image_tree(root: Path, per_class: int = 2) -> Path:
     from PIL import Image
 
-    from cifar_resnet.data import CLASSES
+    from cifar_resnet.data.load import CLASSES
 
     for split in ("train", "test"):
         for i, name in enumerate(CLASSES):
@@ -591,7 +592,7 @@ def test_a_full_cache_disk_says_so_and_names_cache_dir(stage, tmp_path, capsys, 
 def test_a_half_unpacked_archive_of_a_killed_process_is_cleaned_up(tmp_path):
     import tarfile
 
-    from cifar_resnet.data import load_cifar10
+    from cifar_resnet.data.load import load_cifar10
 
     tree = _image_tree(tmp_path / "tree")
     archive = tmp_path / "cifar.tar.gz"
@@ -628,7 +629,7 @@ def test_a_relative_data_dir_is_saved_absolute(data_dir, tmp_path, capsys, monke
 def test_ctrl_c_during_the_final_report_names_the_command_that_rebuilds_it(
     data_dir, tmp_path, capsys, monkeypatch
 ):
-    from cifar_resnet import report
+    from cifar_resnet.insight import report
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

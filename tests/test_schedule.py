@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_resnet.schedule import one_cycle_lr, one_cycle_scheduler
+from cifar_resnet.training.schedule import one_cycle_lr, one_cycle_scheduler
 
 
 def _spec_lr(step, spe, epochs, peak_epoch, lo, hi):

@@ -1,5 +1,5 @@
-from cifar_resnet.custom_resnet import CustomResNet
-from cifar_resnet.summary import model_summary
+from cifar_resnet.model.custom_resnet import CustomResNet
+from cifar_resnet.model.summary import model_summary
 
 
 def test_summary_table_shows_blocks_shapes_and_the_reference_total():
@@ -14,8 +14,8 @@ def test_summary_table_shows_blocks_shapes_and_the_reference_total():
 
 
 def test_the_multiply_add_count_has_no_enum_name_in_it():
-    from cifar_resnet.custom_resnet import CustomResNet
-    from cifar_resnet.summary import model_summary
+    from cifar_resnet.model.custom_resnet import CustomResNet
+    from cifar_resnet.model.summary import model_summary
 
     text = str(model_summary(CustomResNet()))
     assert "Units." not in text and "Total mult-adds: 379,266,442" in text

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from cifar_resnet.config import TrainConfig
+from cifar_resnet.data.splits import prepare_splits
 from cifar_resnet.errors import ConfigError
-from cifar_resnet.evaluation import evaluate
-from cifar_resnet.run_folder import RunFolder
+from cifar_resnet.inference.evaluation import evaluate
+from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
-from cifar_resnet.splits import prepare_splits
-from cifar_resnet.train import Callbacks, build_model, build_optimizer, fit
+from cifar_resnet.training.fit import Callbacks, build_model, build_optimizer, fit
 
 QUICK = {"width": 0.25, "batch_size": 100, "epochs": 2, "peak_epoch": 1, "device": "cpu"}
 
@@ -23,7 +23,7 @@ def test_one_adam_step_lowers_the_loss_on_a_fixed_batch(synthetic):
     torch.manual_seed(0)
     model = build_model(config)
     opt = build_optimizer(model, config, runtime)
-    from cifar_resnet.augment import normalize
+    from cifar_resnet.data.augment import normalize
 
     x, y = normalize(train.images[:64], train.mean, train.std), train.labels[:64]
     model.eval()  # BatchNorm in eval: the same function before and after the step
@@ -57,7 +57,7 @@ def test_fit_steps_the_schedule_of_the_spec_and_records_every_step(synthetic):
 
 
 def test_drop_last_skips_the_partial_batch_in_the_epoch_and_in_the_schedule(synthetic):
-    from cifar_resnet.splits import train_batches
+    from cifar_resnet.data.splits import train_batches
 
     config = TrainConfig(max_lr=2e-3, min_lr=2e-4, drop_last=True, **{**QUICK, "batch_size": 160})
     runtime = resolve_runtime("cpu")
@@ -106,7 +106,7 @@ def test_evaluate_uses_plain_normalised_test_images_in_eval_mode(synthetic):
     _, test = prepare_splits(synthetic, config, runtime)
     torch.manual_seed(0)
     model = build_model(config).train()
-    from cifar_resnet.augment import normalize
+    from cifar_resnet.data.augment import normalize
 
     result = evaluate(model, test, runtime, batch_size=64)
     assert model.training  # flag restored
@@ -224,7 +224,7 @@ def test_a_nan_loss_stops_at_once_naming_step_and_lr_and_keeps_the_last_checkpoi
 
 def _reference_batch(train, config, seed, device="cpu"):
     """The first training batch rebuilt image by image from the same random draws."""
-    from cifar_resnet.augment import sample_augment
+    from cifar_resnet.data.augment import sample_augment
 
     gen = torch.Generator(device=device).manual_seed(seed)
     order = torch.randperm(train.images.shape[0], generator=gen, device=device)
@@ -257,7 +257,7 @@ def _reference_batch(train, config, seed, device="cpu"):
 
 @pytest.mark.parametrize("pad_mode", ["zeros", "reflect"])
 def test_fast_path_gives_the_loss_of_a_per_image_reference_on_the_same_draws(synthetic, pad_mode):
-    from cifar_resnet.splits import train_batches
+    from cifar_resnet.data.splits import train_batches
 
     config = TrainConfig(max_lr=1e-3, crop_pad_mode=pad_mode, **QUICK)
     runtime = resolve_runtime("cpu")
@@ -284,7 +284,7 @@ _DEVICES = [
 
 @pytest.mark.parametrize("device", _DEVICES)
 def test_bf16_fast_path_matches_the_fp32_reference_within_bf16_tolerance(synthetic, device):
-    from cifar_resnet.splits import train_batches
+    from cifar_resnet.data.splits import train_batches
 
     config = TrainConfig(max_lr=1e-3, precision="bf16", **{**QUICK, "device": device})
     runtime = resolve_runtime(device, "bf16")
@@ -316,7 +316,7 @@ def test_a_bf16_training_step_agrees_with_fp32_within_bf16_tolerance(synthetic, 
     config = TrainConfig(max_lr=1e-3, **{**QUICK, "device": device})
     fp32, bf16 = resolve_runtime(device, "fp32"), resolve_runtime(device, "bf16")
     train, _ = prepare_splits(synthetic, config, fp32)
-    from cifar_resnet.splits import train_batches
+    from cifar_resnet.data.splits import train_batches
 
     x, y = next(train_batches(train, config, fp32, torch.Generator(device=device).manual_seed(1)))
     results = {}
@@ -366,7 +366,7 @@ def test_compile_trains_the_same_run_and_reports_its_time_apart(synthetic, drop_
 
 
 def test_label_smoothing_is_the_mixture_of_cross_entropy_and_the_uniform_target():
-    from cifar_resnet.train import build_criterion
+    from cifar_resnet.training.fit import build_criterion
 
     torch.manual_seed(0)
     logits, labels = torch.randn(8, 10), torch.randint(0, 10, (8,))
@@ -383,8 +383,13 @@ def test_the_ema_is_the_decayed_average_of_every_steps_weights(synthetic):
     """Weights and BatchNorm buffers: e_1 = w_1, e_k = d e_(k-1) + (1 - d) w_k."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    from cifar_resnet.splits import train_batches
-    from cifar_resnet.train import EpochState, build_criterion, build_scheduler, train_one_epoch
+    from cifar_resnet.data.splits import train_batches
+    from cifar_resnet.training.fit import (
+        EpochState,
+        build_criterion,
+        build_scheduler,
+        train_one_epoch,
+    )
 
     decay = 0.7
     config = TrainConfig(max_lr=2e-3, min_lr=2e-4, ema_decay=decay, **QUICK)
@@ -419,7 +424,7 @@ def test_the_ema_is_the_decayed_average_of_every_steps_weights(synthetic):
 
 
 def test_an_ema_run_evaluates_and_saves_the_averaged_weights(synthetic, tmp_path):
-    from cifar_resnet.checkpoint import load_checkpoint, model_from_checkpoint
+    from cifar_resnet.records.checkpoint import load_checkpoint, model_from_checkpoint
 
     config = TrainConfig(max_lr=2e-3, ema_decay=0.9, **QUICK)
     history = fit(config, synthetic, run=RunFolder(tmp_path / "run"), progress=False)
@@ -441,7 +446,7 @@ def test_tta_accuracy_is_the_mean_softmax_of_each_image_and_its_mirror(synthetic
     _, test = prepare_splits(synthetic, config, runtime)
     torch.manual_seed(0)
     model = build_model(config).eval()
-    from cifar_resnet.augment import normalize
+    from cifar_resnet.data.augment import normalize
 
     result = evaluate(model, test, runtime, batch_size=64, tta=True)
     x = normalize(test.images, test.mean, test.std)
@@ -472,7 +477,7 @@ def test_a_page_recipe_run_records_its_recipe_and_tta_accuracy(synthetic, tmp_pa
 
 
 def test_pages_pooling_order_trains_records_and_reloads_as_it_ran(synthetic, tmp_path):
-    from cifar_resnet.checkpoint import load_checkpoint, model_from_checkpoint
+    from cifar_resnet.records.checkpoint import load_checkpoint, model_from_checkpoint
 
     config = TrainConfig(recipe="page", pool_after_relu=True, **QUICK)
     assert all(

@@ -1,54 +1,71 @@
-"""cifar-resnet: train David Page's ResNet-9 on CIFAR-10 with an LR range test and One Cycle."""
+"""cifar-resnet: train David Page's ResNet-9 on CIFAR-10 with an LR range test and One Cycle.
 
-from .analysis import data_figures, summarize_data
-from .config import TrainConfig
-from .custom_resnet import CustomResNet, count_parameters
-from .data import Cifar10, load_cifar10
-from .errors import CheckpointError, CifarResnetError, ConfigError, DataError
-from .evaluation import evaluate, predict_logits
-from .export import export_model
-from .gallery import select_misclassified
-from .gradcam import grad_cam
-from .inference import Evaluation, Predictions, TrainedModel, evaluate_model, load_model, predict
-from .lr_finder import LRFinderResult, find_lr, plot_lr_finder
-from .report import build_report, load_run
-from .summary import model_summary
-from .train import Callbacks, History, fit, lr_range_test, train_one_epoch
+Every public name is importable from here, and each is loaded on first use (PEP 562), so
+``import cifar_resnet`` and ``cifar-resnet --version`` load neither matplotlib nor Captum.
+"""
 
-__all__ = [
-    "Callbacks",
-    "Cifar10",
-    "CheckpointError",
-    "CifarResnetError",
-    "ConfigError",
-    "CustomResNet",
-    "DataError",
-    "Evaluation",
-    "History",
-    "LRFinderResult",
-    "Predictions",
-    "TrainConfig",
-    "TrainedModel",
-    "build_report",
-    "count_parameters",
-    "data_figures",
-    "evaluate",
-    "evaluate_model",
-    "export_model",
-    "find_lr",
-    "fit",
-    "grad_cam",
-    "load_cifar10",
-    "load_model",
-    "load_run",
-    "lr_range_test",
-    "model_summary",
-    "plot_lr_finder",
-    "predict_logits",
-    "predict",
-    "select_misclassified",
-    "summarize_data",
-    "train_one_epoch",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_PUBLIC = {
+    "TrainConfig": "config",
+    "CheckpointError": "errors",
+    "CifarResnetError": "errors",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "read_config_file": "config_file",
+    "Cifar10": "data.load",
+    "load_cifar10": "data.load",
+    "CustomResNet": "model.custom_resnet",
+    "count_parameters": "model.custom_resnet",
+    "model_summary": "model.summary",
+    "RunFolder": "records.run_folder",
+    "LRFinderResult": "records.records",
+    "Callbacks": "training.fit",
+    "History": "training.fit",
+    "fit": "training.fit",
+    "lr_range_test": "training.fit",
+    "train_one_epoch": "training.fit",
+    "find_lr": "training.lr_finder",
+    "evaluate": "inference.evaluation",
+    "predict_logits": "inference.evaluation",
+    "select_misclassified": "inference.metrics",
+    "Evaluation": "inference.predict",
+    "Predictions": "inference.predict",
+    "TrainedModel": "inference.predict",
+    "evaluate_model": "inference.predict",
+    "load_model": "inference.predict",
+    "predict": "inference.predict",
+    "export_model": "inference.export",
+    "plot_lr_finder": "plots",
+    "data_figures": "insight.analysis",
+    "format_summary": "insight.analysis",
+    "summarize_data": "insight.analysis",
+    "grad_cam": "insight.gradcam",
+    "build_report": "insight.report",
+    "load_run": "insight.report",
+    "new_run": "runs",
+    "resume_run": "runs",
+    "train_run": "runs",
+    "write_report": "runs",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name's module on first use."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -20,13 +20,21 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from .augment import PAD_MODES
-from .custom_resnet import DROPOUT_BOUNDS, LOGIT_SCALE_BOUNDS, NORMS, WIDTH_BOUNDS
-from .errors import ConfigError, check_range
-from .lr_finder import RULES as FINDER_RULES
-from .runtime import PRECISIONS
+from .errors import Bounds, ConfigError, check_range
 
+# The choices and ranges of the knobs, owned here; the modules that use them import them.
 OPTIMIZERS = ("adam", "adamw", "sgd")
+PAD_MODES = ("zeros", "reflect")  # how a crop's padding is filled (``augment``)
+NORMS = ("batch", "group", "layer")
+WIDTH_BOUNDS: Bounds = (1 / 64, 8.0, "[]")  # 1 to 4,096 channels in the widest layer
+DROPOUT_BOUNDS: Bounds = (0.0, 1.0, "[)")
+LOGIT_SCALE_BOUNDS: Bounds = (0.0, 100.0, "(]")
+FINDER_RULES = ("floor", "valley", "steepest")  # how the range test picks LRMAX
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
+
+# The stages a knob belongs to, in the order ``--help`` shows them.
+STAGES = ("recipe", "data", "model", "optimisation", "schedule", "run")
 
 # The config fields that shape the network (``CustomResNet``'s keyword arguments).
 MODEL_OPTIONS = ("width", "norm", "dropout", "head_bias", "logit_scale", "pool_after_relu")
@@ -98,10 +106,11 @@ def without_recipe_values(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k not in recipe or recipe[k] != v}
 
 
-def _knob(default: Any, help: str, **meta: Any) -> Any:
-    """A config field: its default, its help text, and its ``choices`` or finite ``bounds``
-    (low, high, and "[]", "[)", "(]" or "()" for which ends are included)."""
-    return field(default=default, metadata={"help": help, **meta})
+def _knob(default: Any, help: str, stage: str, **meta: Any) -> Any:
+    """A config field: its default, its help text, its stage (one of ``STAGES``), and its
+    ``choices`` or finite ``bounds`` (low, high, and "[]", "[)", "(]" or "()" for which
+    ends are included)."""
+    return field(default=default, metadata={"help": help, "stage": stage, **meta})
 
 
 @dataclass(frozen=True)
@@ -114,115 +123,176 @@ class TrainConfig:
         "(David Page's: SGD Nesterov, LR 0.4, label smoothing 0.2, bias-free head x 0.125, "
         "flip TTA, reflection padding, last partial batch dropped); any flag still overrides",
         choices=tuple(RECIPES),
+        stage="recipe",
     )
-    # data
     data_dir: str | None = _knob(
         None,
         "local CIFAR-10: a cifar-10-batches-py folder, an image tree train/<class>/* and "
         "test/<class>/*, or a .tar.gz of either; without it the official archive is downloaded",
         metavar="PATH",
+        stage="data",
     )
     cache_dir: str | None = _knob(
         None,
         "where downloads and decoded arrays are cached (default: $CIFAR_RESNET_CACHE, else "
         "~/.cache/cifar_resnet)",
         metavar="PATH",
+        stage="data",
     )
     limit_train: int | None = _knob(
-        None, "train on the first N training images only", bounds=(1, 10**9, "[]")
+        None,
+        "train on the first N training images only",
+        bounds=(1, 10**9, "[]"),
+        stage="data",
     )
     limit_test: int | None = _knob(
-        None, "evaluate on the first N test images only", bounds=(1, 10**9, "[]")
+        None,
+        "evaluate on the first N test images only",
+        bounds=(1, 10**9, "[]"),
+        stage="data",
     )
-    # augmentation
     crop_padding: int = _knob(
-        4, "pixels of padding before the random 32x32 crop", bounds=(0, 32, "[]")
+        4,
+        "pixels of padding before the random 32x32 crop",
+        bounds=(0, 32, "[]"),
+        stage="data",
     )
     crop_pad_mode: str | None = _knob(
         None,
         "how that padding is filled: zeros (the mean colour, as the images are normalised) "
         "or reflect (the edge mirrored) (spec: zeros; page: reflect)",
         choices=PAD_MODES,
+        stage="data",
     )
-    flip_prob: float = _knob(0.5, "probability of a horizontal flip", bounds=(0, 1, "[]"))
+    flip_prob: float = _knob(
+        0.5, "probability of a horizontal flip", bounds=(0, 1, "[]"), stage="data"
+    )
     cutout_size: int = _knob(
-        8, "side in pixels of the one CutOut hole per image (0: off)", bounds=(0, 32, "[]")
+        8,
+        "side in pixels of the one CutOut hole per image (0: off)",
+        bounds=(0, 32, "[]"),
+        stage="data",
     )
-    # model
     width: float = _knob(
-        1.0, "channel width multiplier (0.25 gives a CPU-sized net)", bounds=WIDTH_BOUNDS
+        1.0,
+        "channel width multiplier (0.25 gives a CPU-sized net)",
+        bounds=WIDTH_BOUNDS,
+        stage="model",
     )
-    norm: str = _knob("batch", "normalisation layer", choices=NORMS)
-    dropout: float = _knob(0.0, "dropout probability after each conv block", bounds=DROPOUT_BOUNDS)
-    head_bias: bool | None = _knob(None, "bias in the final Linear layer (spec: yes; page: no)")
+    norm: str = _knob("batch", "normalisation layer", choices=NORMS, stage="model")
+    dropout: float = _knob(
+        0.0, "dropout probability after each conv block", bounds=DROPOUT_BOUNDS, stage="model"
+    )
+    head_bias: bool | None = _knob(
+        None, "bias in the final Linear layer (spec: yes; page: no)", stage="model"
+    )
     logit_scale: float | None = _knob(
-        None, "multiply the logits by this (spec: 1; page: 0.125)", bounds=LOGIT_SCALE_BOUNDS
+        None,
+        "multiply the logits by this (spec: 1; page: 0.125)",
+        bounds=LOGIT_SCALE_BOUNDS,
+        stage="model",
     )
     pool_after_relu: bool = _knob(
         False,
         "pool after BatchNorm and ReLU (conv, BN, ReLU, pool), the order of Page's network; "
         "the spec pools between the conv and BatchNorm",
+        stage="model",
     )
-    # optimisation
-    epochs: int = _knob(24, "epochs in total", bounds=(1, 10_000, "[]"))
+    epochs: int = _knob(24, "epochs in total", bounds=(1, 10_000, "[]"), stage="schedule")
     peak_epoch: int = _knob(
-        5, "the LR peaks at the end of this epoch (at most --epochs)", bounds=(1, 10_000, "[]")
+        5,
+        "the LR peaks at the end of this epoch (at most --epochs)",
+        bounds=(1, 10_000, "[]"),
+        stage="schedule",
     )
-    batch_size: int = _knob(512, "training images per optimizer step", bounds=(1, 65_536, "[]"))
+    batch_size: int = _knob(
+        512, "training images per optimizer step", bounds=(1, 65_536, "[]"), stage="optimisation"
+    )
     drop_last: bool | None = _knob(
         None,
         "skip each epoch's last batch when it is smaller than --batch-size (spec: no; page: yes)",
+        stage="optimisation",
     )
     optimizer: str | None = _knob(
         None,
         "adam (weight decay as coupled L2), adamw (decoupled weight decay) or sgd (Nesterov "
         "momentum) (spec: adam; page: sgd)",
         choices=OPTIMIZERS,
+        stage="optimisation",
     )
-    momentum: float = _knob(0.9, "SGD's Nesterov momentum", bounds=(0, 1, "[)"))
+    momentum: float = _knob(
+        0.9, "SGD's Nesterov momentum", bounds=(0, 1, "[)"), stage="optimisation"
+    )
     max_lr: float | None = _knob(
         None,
         "peak LR (LRMAX); spec: found by the LR range test; page: 0.4",
         bounds=(0, 100, "(]"),
+        stage="schedule",
     )
     min_lr: float | None = _knob(
         None,
         "start and end LR (LRMIN); spec: max_lr / min_lr_divisor; page: 0",
         bounds=(0, 100, "[]"),
+        stage="schedule",
     )
     min_lr_divisor: float = _knob(
-        10.0, "LRMIN = LRMAX / this, when --min-lr is not given", bounds=(1, 1e6, "[]")
+        10.0,
+        "LRMIN = LRMAX / this, when --min-lr is not given",
+        bounds=(1, 1e6, "[]"),
+        stage="schedule",
     )
     weight_decay: float | None = _knob(
-        None, f"weight decay (spec: {SPEC_WEIGHT_DECAY:g}; page: 5e-4)", bounds=(0, 1, "[]")
+        None,
+        f"weight decay (spec: {SPEC_WEIGHT_DECAY:g}; page: 5e-4)",
+        bounds=(0, 1, "[]"),
+        stage="optimisation",
     )
     label_smoothing: float | None = _knob(
-        None, "label smoothing of the training loss (spec: 0; page: 0.2)", bounds=(0, 1, "[)")
+        None,
+        "label smoothing of the training loss (spec: 0; page: 0.2)",
+        bounds=(0, 1, "[)"),
+        stage="optimisation",
     )
     ema_decay: float = _knob(
         0.0,
         "evaluate and save an exponential moving average of the weights, updated every step "
         "with this decay (0: off)",
         bounds=(0, 1, "[)"),
+        stage="optimisation",
     )
     tta: bool | None = _knob(
-        None, "also measure test accuracy with horizontal-flip TTA (spec: no; page: yes)"
+        None,
+        "also measure test accuracy with horizontal-flip TTA (spec: no; page: yes)",
+        stage="run",
     )
-    # LR range test
-    finder_start_lr: float = _knob(1e-6, "LR range test: first LR", bounds=(0, 1e3, "(]"))
-    finder_end_lr: float = _knob(1.0, "LR range test: last LR", bounds=(0, 1e3, "(]"))
+    finder_start_lr: float = _knob(
+        1e-6, "LR range test: first LR", bounds=(0, 1e3, "(]"), stage="schedule"
+    )
+    finder_end_lr: float = _knob(
+        1.0, "LR range test: last LR", bounds=(0, 1e3, "(]"), stage="schedule"
+    )
     finder_num_iter: int = _knob(
-        100, "LR range test: number of steps (at most about one epoch)", bounds=(10, 100_000, "[]")
+        100,
+        "LR range test: number of steps (at most about one epoch)",
+        bounds=(10, 100_000, "[]"),
+        stage="schedule",
     )
     finder_rule: str = _knob(
-        "floor", "LR range test: rule picking LRMAX from the curve", choices=FINDER_RULES
+        "floor",
+        "LR range test: rule picking LRMAX from the curve",
+        choices=FINDER_RULES,
+        stage="schedule",
     )
-    # runtime
-    eval_batch_size: int = _knob(1024, "images per evaluation batch", bounds=(1, 65_536, "[]"))
+    eval_batch_size: int = _knob(
+        1024, "images per evaluation batch", bounds=(1, 65_536, "[]"), stage="run"
+    )
     seed: int = _knob(
-        0, "seed for initialisation, shuffling and augmentation", bounds=(0, 2**62, "[]")
+        0,
+        "seed for initialisation, shuffling and augmentation",
+        bounds=(0, 2**62, "[]"),
+        stage="run",
     )
-    device: str = _knob("auto", "auto (cuda if present, else cpu), cpu, cuda, cuda:N or mps")
+    device: str = _knob("auto", f"{DEVICE_FORMS} (auto: cuda if present, else cpu)", stage="run")
     precision: str = _knob(
         "auto",
         "bf16 or fp16 autocast (fp16 with loss scaling), or fp32; auto: bf16 on GPUs of "
@@ -230,13 +300,20 @@ class TrainConfig:
         "MPS; on CPUs bf16 with AMX, or with AVX512-BF16 where a probe convolution runs "
         "1.2x faster in bf16, else fp32",
         choices=PRECISIONS,
+        stage="run",
     )
-    sync_bn: bool = _knob(False, "data-parallel runs: BatchNorm statistics over the global batch")
+    sync_bn: bool = _knob(
+        False, "data-parallel runs: BatchNorm statistics over the global batch", stage="run"
+    )
     compile: bool = _knob(
-        False, "torch.compile the training step; compile time is reported on its own"
+        False,
+        "torch.compile the training step; compile time is reported on its own",
+        stage="run",
     )
     tensorboard: bool = _knob(
-        False, "also write TensorBoard event files into RUN/tb (the tensorboard extra)"
+        False,
+        "also write TensorBoard event files into RUN/tb (the tensorboard extra)",
+        stage="run",
     )
 
     def __post_init__(self) -> None:
@@ -268,10 +345,8 @@ class TrainConfig:
                 f"--finder-start-lr ({self.finder_start_lr}) must be below "
                 f"--finder-end-lr ({self.finder_end_lr})"
             )
-        if not _is_device(self.device):
-            raise ConfigError(
-                f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
-            )
+        if not is_device(self.device):
+            raise ConfigError(f"--device must be {DEVICE_FORMS}, got {self.device!r}")
 
     def model_options(self) -> dict[str, Any]:
         """``CustomResNet``'s keyword arguments for this run's network."""
@@ -299,7 +374,8 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _is_device(value: str) -> bool:
+def is_device(value: str) -> bool:
+    """Whether ``value`` is a ``--device`` value (``DEVICE_FORMS``)."""
     return value in ("auto", "cpu", "cuda", "mps") or (
         value.startswith("cuda:") and value[5:].isdigit()
     )

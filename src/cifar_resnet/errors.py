@@ -52,6 +52,17 @@ class TrainingDiverged(CifarResnetError):
     """The loss became NaN or infinite; the message names the step and LR."""
 
 
+class UnexpectedError(Exception):
+    """An exception the package did not foresee, with what is saved and how to go on.
+
+    Not a ``CifarResnetError``: the command line exits 1 for it (a bug), not 2 (bad input).
+    """
+
+    def __init__(self, error: BaseException, then: str = "") -> None:
+        text = f"unexpected {type(error).__name__}: {oneline(error, 240)}"
+        super().__init__(f"{text}; {then}" if then else text)
+
+
 class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM stopped training after a checkpoint was written."""
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .gallery import Misclassified
+from .inference.metrics import Misclassified
+from .records.records import LRFinderResult
 
 _WRONG = "#b2182b"
 _RIGHT = "#1a7837"
@@ -268,4 +269,41 @@ def plot_gradcam(
             ax.set_title(name, fontsize=7.5, color=color, pad=2)
     where = f" at {layer}" if layer else ""
     fig.suptitle(f"Grad-CAM{where} over misclassified test images", fontsize=10)
+    return fig
+
+
+def plot_lr_finder(result: LRFinderResult) -> Figure:
+    """Figure: raw and smoothed loss against LR (log x), LRMAX and LRMIN marked.
+
+    With a spread (several seeds), the other seeds' smoothed curves are drawn thin and
+    their LRMAX choices as short ticks on the top edge.
+    """
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(result.lrs, result.losses, color="0.75", lw=1, label="loss")
+    if result.spread is not None:
+        for i, curve in enumerate(result.spread["curves"]):
+            label = "other seeds (smoothed)" if i == 0 else None
+            ax.plot(curve["lrs"], curve["smoothed"], color="C0", lw=1, alpha=0.35, label=label)
+    ax.plot(result.lrs, result.smoothed, color="C0", lw=2, label="smoothed loss")
+    if result.floor is not None:
+        ax.axvspan(*result.floor, color="C1", alpha=0.12, label="valley floor")
+    ax.axvline(result.max_lr, color="C3", ls="--", label=f"LRMAX {result.max_lr:.2e}")
+    ax.axvline(result.min_lr, color="C2", ls=":", label=f"LRMIN {result.min_lr:.2e}")
+    if result.spread is not None:
+        for lr in result.spread["max_lrs"]:
+            ax.axvline(lr, ymin=0.94, ymax=1.0, color="C3", lw=2)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    top = min(max(result.smoothed), 2.5 * min(result.smoothed)) if result.smoothed else 1.0
+    if math.isfinite(top) and top > 0:
+        ax.set_ylim(top=top * 1.05)
+    title = f"LR range test ({result.rule} rule)"
+    if result.spread is not None:
+        seeds = result.spread["seeds"]
+        title += f"; LRMAX over seeds {seeds[0]}-{seeds[-1]}: spread {result.spread['ratio']:.2f}x"
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
     return fig

@@ -44,9 +44,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import PRECISIONS
 from .errors import ConfigError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BF16_MIN_GAIN = 1.2  # how much faster bf16 must time than fp32 for "auto" to take it
 # CUDA compute capabilities: bf16 tensor cores from Ampere (8.0: A100, RTX 30xx, L4),
 # fp16 tensor cores from Volta (7.0: V100; 7.5: T4, RTX 20xx).

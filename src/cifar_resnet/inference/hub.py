@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from .config import MODEL_OPTIONS, TrainConfig, as_saved_run
-from .custom_resnet import CustomResNet
-from .errors import CheckpointError, CifarResnetError, ConfigError, oneline
-from .inference import SIDE, Evaluation, TrainedModel
-from .runtime import resolve_runtime, runnable_precision
+from ..config import MODEL_OPTIONS, TrainConfig, as_saved_run
+from ..errors import CheckpointError, CifarResnetError, ConfigError, oneline
+from ..model.custom_resnet import CustomResNet
+from ..runtime import resolve_runtime, runnable_precision
+from .predict import SIDE, Evaluation, TrainedModel
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -60,7 +60,7 @@ def _weights(model: TrainedModel) -> dict[str, torch.Tensor]:
 
 def folder_config(model: TrainedModel, evaluation: Evaluation) -> dict[str, Any]:
     """config.json of the exported folder."""
-    from . import __version__
+    from .. import __version__
 
     training = {k: v for k, v in model.config.to_dict().items() if k not in _LOCAL_FIELDS}
     return {
@@ -172,7 +172,7 @@ CIFAR-10.1 or corrupted images), which was not measured here.
 
 
 def folder_version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

@@ -35,16 +35,16 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from .checkpoint import config_from_checkpoint, model_from_checkpoint, train_state
-from .config import TrainConfig
-from .confusion import confusion_matrix
-from .data import Cifar10
-from .errors import DataError, oneline
+from ..config import TrainConfig
+from ..data.load import Cifar10
+from ..data.splits import limit_splits
+from ..errors import DataError, oneline
+from ..records.checkpoint import config_from_checkpoint, model_from_checkpoint, train_state
+from ..records.records import TrainState
+from ..records.run_folder import RunRecord
+from ..runtime import Runtime, resolve_runtime, runnable_precision
 from .evaluation import predict_logits, tta_log_probs
-from .records import TrainState
-from .run_folder import RunRecord
-from .runtime import Runtime, resolve_runtime, runnable_precision
-from .splits import limit_splits
+from .metrics import confusion_matrix
 
 SIDE = 32  # CIFAR-10 images are SIDE x SIDE pixels
 RESAMPLE = Image.Resampling.BICUBIC  # filter used to shrink larger images to SIDE x SIDE
@@ -340,6 +340,39 @@ def evaluation_table(result: Evaluation) -> str:
         matrix.append([name, *(str(v) for v in final.confusion[i].tolist())])
     lines += _align(matrix, right_from=1)
     return "\n".join(lines)
+
+
+def evaluation_record(
+    model: TrainedModel, result: Evaluation, data: str, limit: int | None, source: str | Path
+) -> dict[str, Any]:
+    """``cifar-resnet evaluate --json``: the model, the data and every figure of ``result``."""
+    return {
+        "checkpoint": str(model.path or source),
+        "epoch": model.epoch,
+        "device": model.runtime.describe(),
+        "data": data,
+        "split": "test",
+        "limit_test": limit,
+        "recorded_test_acc": model.recorded_test_acc,
+        "classes": list(model.classes),
+        **result.to_dict(),
+    }
+
+
+def prediction_records(
+    names: Sequence[str], predictions: Predictions, k: int = 3
+) -> list[dict[str, Any]]:
+    """``cifar-resnet predict --json``: each image's top k and every class's probability."""
+    return [
+        {
+            "image": name,
+            "top_k": [{"class": c, "prob": p} for c, p in top],
+            "probs": dict(zip(predictions.classes, probs, strict=True)),
+        }
+        for name, top, probs in zip(
+            names, predictions.top_k(k), predictions.probs.tolist(), strict=True
+        )
+    ]
 
 
 def prediction_table(names: Sequence[str], predictions: Predictions, k: int = 3) -> str:

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from .augment import augment, normalize
-from .data import Cifar10, channel_stats
+from ..data.augment import augment, normalize
+from ..data.load import Cifar10, channel_stats
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def data_figures(
     pad_mode: str = "zeros",
 ) -> dict[str, Figure]:
     """The data-analysis figures: ``class_distribution``, ``samples``, ``augmented``."""
-    from .plots import plot_class_distribution, plot_image_grid
+    from ..plots import plot_class_distribution, plot_image_grid
 
     summary = summary or summarize_data(data)
     idx = sample_indices(data.train_labels, len(data.classes), per_class, seed)

@@ -79,7 +79,6 @@ import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -87,45 +86,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
-from .runtime import Runtime
+from ..config import FINDER_RULES
+from ..errors import ConfigError
+from ..records.records import LRFinderResult
+from ..runtime import Runtime
 
-RULES = ("floor", "valley", "steepest")
 FLOOR_FRACTION = 0.2  # the floor: smoothed loss within this fraction of its fall from the start
 FLOOR_SCALE = 1.5  # LRMAX = geometric centre of the floor x this (module docstring)
 VALLEY_DIVISOR = 10.0  # LRMAX = LR of the smoothed minimum / this
 _DIVERGE_WINDOW = 5  # steps averaged for the early-stop test
-
-
-@dataclass(frozen=True)
-class LRFinderResult:
-    """The range test's curve and the LRs chosen from it."""
-
-    lrs: list[float]  # LR used at each step
-    losses: list[float]  # raw training loss at each step
-    smoothed: list[float]  # smoothed loss (see the module docstring)
-    max_lr: float  # LRMAX
-    min_lr: float  # LRMIN
-    rule: str
-    min_lr_divisor: float
-    diverged: bool  # stopped early because the loss diverged
-    floor: list[float] | None = None  # [low, high] LR edges of the valley floor
-    smooth_decades: float = 0.2
-    # Several seeds' choices, when the test ran once per seed (``lr-find --seeds``)
-    spread: dict[str, Any] | None = field(default=None)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form, as saved in lr_finder.json."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> LRFinderResult:
-        """Inverse of ``to_dict``; files written before the newer fields load with defaults."""
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unexpected LR range test fields: {', '.join(unknown)}")
-        return cls(**values)
 
 
 @contextlib.contextmanager
@@ -206,8 +175,8 @@ def choose_lrs(
     floor_fraction: float = FLOOR_FRACTION,
 ) -> tuple[float, float]:
     """(LRMAX, LRMIN) from a range-test curve by ``rule`` (see the module docstring)."""
-    if rule not in RULES:
-        raise ConfigError(f"--finder-rule must be one of {', '.join(RULES)}, got {rule!r}")
+    if rule not in FINDER_RULES:
+        raise ConfigError(f"--finder-rule must be one of {', '.join(FINDER_RULES)}, got {rule!r}")
     if len(lrs) < 3:
         raise ConfigError(
             "the LR range test stopped after fewer than 3 steps; lower --finder-start-lr"
@@ -275,8 +244,8 @@ def find_lr(
         raise ConfigError(f"LR range test needs 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
     if num_iter < 10:
         raise ConfigError(f"LR range test needs at least 10 steps, got {num_iter}")
-    if rule not in RULES:
-        raise ConfigError(f"--finder-rule must be one of {', '.join(RULES)}, got {rule!r}")
+    if rule not in FINDER_RULES:
+        raise ConfigError(f"--finder-rule must be one of {', '.join(FINDER_RULES)}, got {rule!r}")
     make = batches if callable(batches) else batches.__iter__
     autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
     scaler = runtime.grad_scaler() if runtime is not None else torch.amp.GradScaler(enabled=False)
@@ -337,42 +306,3 @@ def with_spread(result: LRFinderResult, seeds: Sequence[int], others: Sequence[L
         "curves": [{"lrs": r.lrs, "smoothed": r.smoothed} for r in others],
     }
     return LRFinderResult(**{**result.to_dict(), "spread": spread})
-
-
-def plot_lr_finder(result: LRFinderResult) -> Any:
-    """Figure: raw and smoothed loss against LR (log x), LRMAX and LRMIN marked.
-
-    With a spread (several seeds), the other seeds' smoothed curves are drawn thin and
-    their LRMAX choices as short ticks on the top edge.
-    """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot(result.lrs, result.losses, color="0.75", lw=1, label="loss")
-    if result.spread is not None:
-        for i, curve in enumerate(result.spread["curves"]):
-            label = "other seeds (smoothed)" if i == 0 else None
-            ax.plot(curve["lrs"], curve["smoothed"], color="C0", lw=1, alpha=0.35, label=label)
-    ax.plot(result.lrs, result.smoothed, color="C0", lw=2, label="smoothed loss")
-    if result.floor is not None:
-        ax.axvspan(*result.floor, color="C1", alpha=0.12, label="valley floor")
-    ax.axvline(result.max_lr, color="C3", ls="--", label=f"LRMAX {result.max_lr:.2e}")
-    ax.axvline(result.min_lr, color="C2", ls=":", label=f"LRMIN {result.min_lr:.2e}")
-    if result.spread is not None:
-        for lr in result.spread["max_lrs"]:
-            ax.axvline(lr, ymin=0.94, ymax=1.0, color="C3", lw=2)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss")
-    top = min(max(result.smoothed), 2.5 * min(result.smoothed)) if result.smoothed else 1.0
-    if math.isfinite(top) and top > 0:
-        ax.set_ylim(top=top * 1.05)
-    title = f"LR range test ({result.rule} rule)"
-    if result.spread is not None:
-        seeds = result.spread["seeds"]
-        title += f"; LRMAX over seeds {seeds[0]}-{seeds[-1]}: spread {result.spread['ratio']:.2f}x"
-    ax.set_title(title)
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    return fig

@@ -40,13 +40,9 @@ import math
 import torch
 from torch import nn
 
+from ..config import DROPOUT_BOUNDS, LOGIT_SCALE_BOUNDS, NORMS, WIDTH_BOUNDS
+from ..errors import ConfigError, check_range
 from .cpu_conv import Conv3x3
-from .errors import Bounds, ConfigError, check_range
-
-NORMS = ("batch", "group", "layer")
-WIDTH_BOUNDS: Bounds = (1 / 64, 8.0, "[]")  # 1 to 4,096 channels in the widest layer
-DROPOUT_BOUNDS: Bounds = (0.0, 1.0, "[)")
-LOGIT_SCALE_BOUNDS: Bounds = (0.0, 100.0, "(]")
 
 
 def check_options(*, width: float, norm: str, dropout: float, logit_scale: float) -> None:

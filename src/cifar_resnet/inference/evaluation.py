@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .augment import normalize
-from .distributed import SINGLE_PROCESS, Dist
-from .runtime import Runtime
-from .splits import Split
+from ..data.augment import normalize
+from ..data.splits import Split
+from ..distributed import SINGLE_PROCESS, Dist
+from ..runtime import Runtime
 
 
 @contextlib.contextmanager

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig, as_saved_run
-from .custom_resnet import CustomResNet
-from .errors import CheckpointError, ConfigError, oneline
+from ..config import TrainConfig, as_saved_run
+from ..errors import CheckpointError, ConfigError, oneline
+from ..model.custom_resnet import CustomResNet
 from .records import CHECKPOINT_FORMAT, TrainState
 
 __all__ = ["CHECKPOINT_FORMAT", "checkpoint_path", "load_checkpoint", "train_state"]

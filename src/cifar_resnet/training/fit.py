@@ -31,15 +31,18 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .checkpoint import config_from_checkpoint, train_state
-from .config import RESUME_OVERRIDES, TrainConfig
-from .confusion import confusion_matrix
-from .custom_resnet import CustomResNet, count_parameters
-from .data import Cifar10, load_cifar10
-from .distributed import SINGLE_PROCESS, Dist, from_env, per_rank_batch
-from .errors import ConfigError, TrainingDiverged, TrainingInterrupted
-from .evaluation import evaluate, predict_logits
-from .gallery import select_misclassified
+from ..config import RESUME_OVERRIDES, TrainConfig
+from ..data.load import Cifar10, load_cifar10
+from ..data.splits import Split, epoch_images, prepare_splits, steps_per_epoch, train_batches
+from ..distributed import SINGLE_PROCESS, Dist, from_env, per_rank_batch
+from ..errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from ..inference.evaluation import evaluate, predict_logits
+from ..inference.metrics import confusion_matrix, select_misclassified
+from ..model.custom_resnet import CustomResNet, count_parameters
+from ..records.checkpoint import config_from_checkpoint, train_state
+from ..records.records import EpochMetrics, RunSummary, TrainState
+from ..records.run_folder import RunFolder
+from ..runtime import Runtime, device_type, keep_freed_memory, resolve_runtime
 from .lifecycle import (
     capture_rng,
     check_resumable,
@@ -49,11 +52,7 @@ from .lifecycle import (
 )
 from .lr_finder import LRFinderResult, find_lr, preserved_state, with_spread
 from .profiling import PhaseTimer, no_lap
-from .records import EpochMetrics, RunSummary, TrainState
-from .run_folder import RunFolder
-from .runtime import Runtime, device_type, keep_freed_memory, resolve_runtime
 from .schedule import one_cycle_scheduler
-from .splits import Split, epoch_images, prepare_splits, steps_per_epoch, train_batches
 from .tensorboard_log import TensorBoardLog, check_available
 
 # How often (in steps) a CUDA run reads back its loss to look for NaN/inf and, when
@@ -600,7 +599,7 @@ def _logged(callbacks: Callbacks, tb: TensorBoardLog, spe: int) -> Callbacks:
 
 def _tensorboard_finish(r: _Run, tb: TensorBoardLog) -> None:
     """Confusion matrix, the most confident mistakes and the hparams, at the last step."""
-    from .plots import plot_confusion_matrix, plot_misclassified  # matplotlib: only here
+    from ..plots import plot_confusion_matrix, plot_misclassified  # matplotlib: only here
 
     s = r.setup
     logits = predict_logits(

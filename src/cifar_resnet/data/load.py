@@ -36,7 +36,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from .errors import DataError, oneline
+from ..errors import DataError, oneline
+from ..files import process_alive, staged
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -591,17 +592,6 @@ def _remove_stale_partials(target: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with this PID exists (the owner of a temporary folder, say)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
     name = member.name.replace("\\", "/")
     if name.startswith("/") or ".." in name.split("/") or (len(name) > 1 and name[1] == ":"):
@@ -704,20 +694,15 @@ def _save_arrays(cache: Path, key: str, result: Cifar10) -> None:
         "classes": list(result.classes),
         "source": result.source,
     }
-    tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=cache)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
-        os.replace(tmp, path)
+        with staged(path, unique=True) as tmp:  # other processes may cache the same arrays
+            torch.save(blob, tmp)
     except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError
         warnings.warn(
             f"cannot write cache file {path} ({oneline(exc)}); not caching (pass --cache-dir "
             "to a writable folder to cache)",
             stacklevel=5,
         )
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------

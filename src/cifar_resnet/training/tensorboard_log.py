@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..records.run_folder import TB_DIR
 
-TB_DIR = "tb"
 INSTALL_HINT = "pip install 'cifar-resnet[tensorboard]'"
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 GRADCAM_LAYERS = ("layer1", "layer2", "layer3")
 DEFAULT_LAYER = "layer2"

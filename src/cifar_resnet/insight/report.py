@@ -22,28 +22,33 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
-from .analysis import DataSummary, data_figures, summarize_data
-from .augment import normalize
-from .confusion import confusion_matrix, per_class_accuracy
-from .data import Cifar10, load_cifar10
-from .errors import CheckpointError, ConfigError, DataError
-from .evaluation import predict_logits
-from .gallery import Misclassified, select_misclassified
-from .gradcam import DEFAULT_LAYER, grad_cam
-from .inference import load_model
-from .lr_finder import LRFinderResult, plot_lr_finder
-from .plots import (
+from ..data.augment import normalize
+from ..data.load import Cifar10, load_cifar10
+from ..data.splits import limit_splits
+from ..errors import CheckpointError, ConfigError, DataError
+from ..inference.evaluation import predict_logits
+from ..inference.metrics import (
+    Misclassified,
+    confusion_matrix,
+    per_class_accuracy,
+    select_misclassified,
+)
+from ..inference.predict import load_model
+from ..model.summary import model_summary
+from ..plots import (
     figure_png,
     plot_confusion_matrix,
     plot_gradcam,
+    plot_lr_finder,
     plot_lr_schedule,
     plot_misclassified,
     plot_per_class_accuracy,
     plot_training_curves,
 )
-from .run_folder import RunRecord
-from .splits import limit_splits
-from .summary import model_summary
+from ..records.records import LRFinderResult
+from ..records.run_folder import RunRecord
+from .analysis import DataSummary, data_figures, summarize_data
+from .gradcam import DEFAULT_LAYER, grad_cam
 
 SECTIONS = (
     ("overview", "Overview"),

@@ -26,12 +26,12 @@ try:
 except ImportError:  # Windows: no flock; folders are not locked there
     fcntl = None
 
+from .. import files
+from ..config import TrainConfig
+from ..errors import CheckpointError, oneline
+from ..files import process_alive, read_json
 from .checkpoint import checkpoint_path, config_from_checkpoint, load_checkpoint, train_state
-from .config import TrainConfig
-from .data import process_alive
-from .errors import CheckpointError, oneline
-from .records import TrainState, finite_json
-from .tensorboard_log import TB_DIR  # moved aside and put back with the run it belongs to
+from .records import TrainState
 
 RUN_FILES = (
     "config.json",
@@ -44,43 +44,8 @@ RUN_FILES = (
 )
 LR_FIND_FILES = ("lr_finder.json", "lr_finder.png")
 LOCK_FILE = ".lock"
+TB_DIR = "tb"  # TensorBoard's event files: moved aside and put back with the run they belong to
 ASIDE_PREFIX = ".replaced-"  # an earlier run moved aside by --force until the new one checkpoints
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None], then: str = "") -> None:
-    """Write ``path`` through ``write(file)``: readers see the old or the new file, never half.
-
-    A failed write (a full disk, say) leaves the old file in place and raises
-    CheckpointError naming the file and, after ``then``, how to go on. ``torch.save``
-    reports a full disk as a RuntimeError, so that counts as a failed write too.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        tmp.unlink(missing_ok=True)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else oneline(e, 120)
-        kept = "; the previous version is kept" if path.exists() else ""
-        raise CheckpointError(
-            f"cannot write {path} ({reason}){kept}; free space or fix permissions"
-            + (f", then {then}" if then else "")
-        ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def json_bytes(obj: Any) -> bytes:
-    """Strict JSON (no NaN or Infinity: those become null), pretty-printed."""
-    return (json.dumps(finite_json(obj), indent=2, allow_nan=False) + "\n").encode()
-
-
-def _json_line(obj: Any) -> bytes:
-    return (json.dumps(finite_json(obj), allow_nan=False) + "\n").encode()
 
 
 class FolderLock:
@@ -319,12 +284,12 @@ class RunFolder:
         return f"continue with: cifar-resnet train --resume {self.path}"
 
     def _write(self, path: Path, write: Callable[[IO[bytes]], None]) -> None:
-        atomic_write(path, write, then=self.how_to_go_on())
+        files.atomic_write(path, write, then=self.how_to_go_on())
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Write ``obj`` as pretty, strict JSON to ``name`` inside the run folder."""
         path = self.path / name
-        data = json_bytes(obj)
+        data = files.json_bytes(obj)
         self._write(path, lambda f: f.write(data))
         return path
 
@@ -338,12 +303,12 @@ class RunFolder:
         """Append one epoch's metrics to metrics.jsonl (the whole file is rewritten atomically)."""
         path = self.path / "metrics.jsonl"
         old = path.read_bytes() if path.exists() else b""
-        line = _json_line(metrics)
+        line = files.json_bytes(metrics, indent=None)
         self._write(path, lambda f: f.write(old + line))
 
     def rewrite_metrics(self, epochs: list[dict[str, Any]]) -> None:
         """Replace metrics.jsonl with these epochs (resuming drops lines past the checkpoint)."""
-        data = b"".join(_json_line(m) for m in epochs)
+        data = b"".join(files.json_bytes(m, indent=None) for m in epochs)
         self._write(self.path / "metrics.jsonl", lambda f: f.write(data))
 
     def save_checkpoint(self, state: dict[str, Any], name: str = "last.pt") -> Path:
@@ -354,16 +319,6 @@ class RunFolder:
             shutil.rmtree(self._aside, ignore_errors=True)
             self._aside = None
         return path
-
-
-def read_json(path: Path) -> Any:
-    """A run folder's JSON file; CheckpointError (one line) if it cannot be read."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(
-            f"cannot read {path} ({oneline(e, 160)}); is it a run folder?"
-        ) from None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PAD_MODES = ("zeros", "reflect")
+from ..config import PAD_MODES
+
 
 
 @dataclass(frozen=True)

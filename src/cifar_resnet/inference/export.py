@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +44,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CifarResnetError, oneline
-from .inference import SIDE, TrainedModel
+from ..errors import CifarResnetError, oneline
+from ..files import staged
+from .predict import SIDE, TrainedModel
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME = "images"
@@ -107,26 +106,18 @@ def export_model(
     metadata = export_metadata(model)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
+        with staged(out, unique=True) as tmp:
+            write = _write_onnx if format == "onnx" else _write_torchscript
+            write(wrapper, tmp, metadata)
+            diff = _check(wrapper, tmp, format)
+            if not diff <= TOLERANCE:
+                raise RuntimeError(
+                    f"the exported {format} model differs from PyTorch by {diff:.2e} in the logits"
+                )
     except OSError as e:
         raise CifarResnetError(
             f"cannot write to {out.parent} ({e.strerror or e}); choose a writable folder"
         ) from None
-    tmp = Path(name)
-    try:
-        if format == "onnx":
-            _write_onnx(wrapper, tmp, metadata)
-        else:
-            _write_torchscript(wrapper, tmp, metadata)
-        diff = _check(wrapper, tmp, format)
-        if not diff <= TOLERANCE:
-            raise RuntimeError(
-                f"the exported {format} model differs from PyTorch by {diff:.2e} in the logits"
-            )
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(out, format, out.stat().st_size, diff, metadata)
 
 
@@ -138,7 +129,7 @@ def deployable(model: TrainedModel) -> NormalizedClassifier:
 
 def export_metadata(model: TrainedModel) -> dict[str, str]:
     """The string metadata stored with an exported file (see the module doc)."""
-    from . import __version__
+    from .. import __version__
 
     return {
         "classes": json.dumps(list(model.classes)),

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from .data import Cifar10
-from .errors import CheckpointError
-from .records import TrainState
-from .splits import Split
+from ..data.load import Cifar10
+from ..data.splits import Split
+from ..errors import CheckpointError
+from ..records.records import TrainState
 
 
 def capture_rng(generator: torch.Generator, aug_generator: torch.Generator | None) -> dict:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from .augment import augment, normalize
-from .config import TrainConfig
-from .data import Cifar10, channel_stats
-from .distributed import SINGLE_PROCESS, Dist, shard
-from .runtime import Runtime
+from ..config import TrainConfig
+from .load import Cifar10, channel_stats
+from ..distributed import SINGLE_PROCESS, Dist, shard
+from ..runtime import Runtime
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@
   upgrades older ones, and names the format of anything else in a one-line error.
 - ``EpochMetrics``: one line of ``metrics.jsonl``.
 - ``RunSummary``: ``final.json``.
+- ``LRFinderResult``: ``lr_finder.json``, the range test's curve and choice.
 
 The files stay plain (a dict for ``torch.save``, JSON); these classes are the only
 places their keys are spelled.
@@ -13,13 +14,12 @@ places their keys are spelled.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 CHECKPOINT_FORMAT = "cifar-resnet/2"
 # cifar-resnet/1: no ``ema``; train_seconds, lr_source, epoch_state, rng_ranks,
@@ -168,12 +168,32 @@ class RunSummary:
         return dataclasses.asdict(self)
 
 
-def finite_json(value: Any) -> Any:
-    """``value`` with every NaN or infinite float replaced by None, for strict JSON readers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(v) for v in value]
-    return value
+@dataclass(frozen=True)
+class LRFinderResult:
+    """The range test's curve and the LRs chosen from it."""
+
+    lrs: list[float]  # LR used at each step
+    losses: list[float]  # raw training loss at each step
+    smoothed: list[float]  # smoothed loss (``lr_finder.smooth_curve``)
+    max_lr: float  # LRMAX
+    min_lr: float  # LRMIN
+    rule: str
+    min_lr_divisor: float
+    diverged: bool  # stopped early because the loss diverged
+    floor: list[float] | None = None  # [low, high] LR edges of the valley floor
+    smooth_decades: float = 0.2
+    # Several seeds' choices, when the test ran once per seed (``lr-find --seeds``)
+    spread: dict[str, Any] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, as saved in lr_finder.json."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LRFinderResult:
+        """Inverse of ``to_dict``; files written before the newer fields load with defaults."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unexpected LR range test fields: {', '.join(unknown)}")
+        return cls(**values)
