@@ -29,15 +29,9 @@ from torch.profiler import ProfilerActivity, profile
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.data.splits import steps_per_epoch, train_batches
 from cifar_resnet.inference.evaluation import evaluate
-from cifar_resnet.training.fit import (
-    Callbacks,
-    EpochState,
-    build_criterion,
-    build_scheduler,
-    setup_training,
-    train_one_epoch,
-)
+from cifar_resnet.training.epoch import Callbacks, EpochState, StepMonitor, train_one_epoch
 from cifar_resnet.training.profiling import PhaseTimer
+from cifar_resnet.training.setup import build_criterion, build_scheduler, setup_training
 
 TRAIN_PHASES = ("augmentation", "forward", "backward", "optimizer", "bookkeeping")
 
@@ -109,9 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
     def epoch(timer: PhaseTimer | None = None):
         state = EpochState(torch.randperm(len(train), generator=generator, device=runtime.device))
         batches = train_batches(train, config, runtime, generator, order=state.order)
+        monitor = StepMonitor(
+            state, runtime, config, n_images=len(train), callbacks=Callbacks(timer=timer)
+        )
         return train_one_epoch(
-            model, criterion, optimizer, scheduler, batches, runtime,
-            state=state, n_images=len(train), config=config, callbacks=Callbacks(timer=timer),
+            model, criterion, optimizer, scheduler, batches, runtime, monitor,
         )  # fmt: skip
 
     warm = epoch()

@@ -69,13 +69,12 @@ from cifar_resnet.runtime import (
     keep_freed_memory,
     resolve_runtime,
 )
-from cifar_resnet.training.fit import (
-    EpochState,
+from cifar_resnet.training.epoch import EpochState, StepMonitor, train_one_epoch
+from cifar_resnet.training.setup import (
     build_criterion,
     build_model,
     build_optimizer,
     build_scheduler,
-    train_one_epoch,
 )
 
 BASELINE = "baseline (DataLoader, per-image transforms, fp32)"
@@ -216,7 +215,7 @@ def _ours(net, opt, sched, config, runtime, split, generator) -> float:
     batches = train_batches(split, config, runtime, generator, order=state.order)
     result = train_one_epoch(
         net, build_criterion(config), opt, sched, batches, runtime,
-        state=state, n_images=len(split), config=config,
+        StepMonitor(state, runtime, config, n_images=len(split)),
     )  # fmt: skip
     return result.seconds
 

@@ -225,7 +225,7 @@ def test_checksum_mismatch_and_offline_download_are_one_line_errors(
     wrong = hashlib.md5(b"not the archive").hexdigest()
     url = f"{http_root.base_url}/cifar-10-python.tar.gz"
     patched = functools.partial(data.load_cifar10, url=url, md5=wrong)
-    monkeypatch.setattr("cifar_resnet.training.fit.load_cifar10", patched)
+    monkeypatch.setattr("cifar_resnet.training.setup.load_cifar10", patched)
     argv = [
         "train",
         "--cache-dir",
@@ -240,7 +240,7 @@ def test_checksum_mismatch_and_offline_download_are_one_line_errors(
     _assert_one_line_error(code, err, wrong)
 
     offline = functools.partial(data.load_cifar10, url="http://127.0.0.1:9/cifar-10-python.tar.gz")
-    monkeypatch.setattr("cifar_resnet.training.fit.load_cifar10", offline)
+    monkeypatch.setattr("cifar_resnet.training.setup.load_cifar10", offline)
     code, _, err = run_cli(argv, capsys)
     _assert_one_line_error(code, err, "--data-dir")
 

@@ -29,15 +29,13 @@ from cifar_resnet.records.checkpoint import load_checkpoint
 from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import Runtime, resolve_precision, resolve_runtime
 from cifar_resnet.training import lifecycle
-from cifar_resnet.training.fit import (
-    Callbacks,
-    EpochState,
+from cifar_resnet.training.epoch import Callbacks, EpochState, StepMonitor, train_one_epoch
+from cifar_resnet.training.fit import fit
+from cifar_resnet.training.setup import (
     build_criterion,
     build_model,
     build_optimizer,
     build_scheduler,
-    fit,
-    train_one_epoch,
 )
 
 TINY = TrainConfig(width=0.25, epochs=2, peak_epoch=1, batch_size=100, max_lr=2e-3, device="cpu")
@@ -267,7 +265,7 @@ def test_a_training_epoch_and_evaluation_create_no_float64_tensor_where_mps_forb
     with _NoFloat64() as watch:
         result = train_one_epoch(
             model, build_criterion(config), optimizer, scheduler, batches, runtime,
-            state=state, n_images=len(train), config=config,
+            StepMonitor(state, runtime, config, n_images=len(train)),
         )  # fmt: skip
         ev = evaluate(model, test, runtime, tta=True)
     assert watch.seen == []
@@ -334,7 +332,7 @@ def test_an_unexpected_error_after_the_last_checkpoint_says_the_run_is_saved(
     def broken(*args, **kwargs):
         raise RuntimeError("Expected all tensors to be on the same device")
 
-    monkeypatch.setattr(train, "_summarise", broken)
+    monkeypatch.setattr(train, "_summary", broken)
     out = tmp_path / "run"
     code, _, err = run_cli([*_train_args(pickle_dir, out), "--no-report"], capsys)
     _assert_one_line_error(

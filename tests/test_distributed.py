@@ -75,7 +75,7 @@ def test_two_gloo_processes_train_identical_weights_and_report_the_true_accuracy
     from cifar_resnet.data.splits import prepare_splits
     from cifar_resnet.inference.evaluation import evaluate
     from cifar_resnet.runtime import resolve_runtime
-    from cifar_resnet.training.fit import build_model
+    from cifar_resnet.training.setup import build_model
 
     args = (2, _free_port(), synthetic, str(tmp_path), ema_decay)
     mp.spawn(_worker, args=args, nprocs=2, join=True)
@@ -197,7 +197,7 @@ def _precision_worker(rank: int, world: int, port: int, data, out: str) -> None:
     faster on rank 0 than on rank 1; record the precision each rank would train in."""
     from cifar_resnet import runtime
     from cifar_resnet.distributed import from_env
-    from cifar_resnet.training.fit import setup_training
+    from cifar_resnet.training.setup import setup_training
 
     _as_rank(rank, world, port)
     runtime.cpu_has_amx = lambda: False

@@ -15,7 +15,7 @@ from cifar_resnet.config import RECIPES
 from cifar_resnet.config_file import format_config, read_config_file
 from cifar_resnet.records.checkpoint import load_checkpoint
 from cifar_resnet.records.run_folder import RunFolder
-from cifar_resnet.training.fit import Callbacks
+from cifar_resnet.training.epoch import Callbacks
 
 
 @pytest.fixture

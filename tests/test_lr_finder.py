@@ -9,6 +9,7 @@ from cifar_resnet.errors import ConfigError
 from cifar_resnet.plots import plot_lr_finder
 from cifar_resnet.training.lr_finder import (
     FLOOR_SCALE,
+    Sweep,
     choose_lrs,
     find_lr,
     smooth_curve,
@@ -33,7 +34,9 @@ def _sweep(**kwargs):
     torch.manual_seed(0)
     model = nn.Linear(x.shape[1], 1, bias=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return find_lr(model, opt, nn.MSELoss(), lambda: iter([(x, y)]), progress=False, **kwargs)
+    return find_lr(
+        model, opt, nn.MSELoss(), lambda: iter([(x, y)]), Sweep(**kwargs), progress=False
+    )
 
 
 @pytest.mark.parametrize(("rule", "within"), [("valley", 10), ("steepest", 200)])
@@ -93,7 +96,7 @@ def test_model_optimizer_and_rng_state_are_restored_bit_exactly(synthetic):
     from cifar_resnet.config import TrainConfig
     from cifar_resnet.data.splits import prepare_splits
     from cifar_resnet.runtime import resolve_runtime
-    from cifar_resnet.training.fit import build_model, build_optimizer, find_training_lr
+    from cifar_resnet.training.setup import build_model, build_optimizer, find_training_lr
 
     config = TrainConfig(width=0.25, batch_size=64, finder_num_iter=12, dropout=0.1)
     runtime = resolve_runtime("cpu")
@@ -143,7 +146,7 @@ def test_bad_arguments_raise_config_error(kwargs, match):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = lambda: iter([(torch.randn(4, 2), torch.randn(4, 1))])  # noqa: E731
     with pytest.raises(ConfigError, match=match):
-        find_lr(model, opt, nn.MSELoss(), batches, progress=False, **kwargs)
+        find_lr(model, opt, nn.MSELoss(), batches, Sweep(**kwargs), progress=False)
 
 
 def test_valley_rule_is_the_loss_minimum_over_ten():

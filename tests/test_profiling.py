@@ -5,15 +5,9 @@ import torch
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.data.splits import train_batches
-from cifar_resnet.training.fit import (
-    Callbacks,
-    EpochState,
-    build_criterion,
-    build_scheduler,
-    setup_training,
-    train_one_epoch,
-)
+from cifar_resnet.training.epoch import Callbacks, EpochState, StepMonitor, train_one_epoch
 from cifar_resnet.training.profiling import PhaseTimer
+from cifar_resnet.training.setup import build_criterion, build_scheduler, setup_training
 
 PHASES = ["augmentation", "forward", "backward", "optimizer", "bookkeeping"]
 
@@ -51,7 +45,7 @@ def _epoch(synthetic, timer=None):
     batches = train_batches(train, config, runtime, generator, order=state.order)
     result = train_one_epoch(
         model, build_criterion(config), optimizer, scheduler, batches, runtime,
-        state=state, n_images=len(train), config=config, callbacks=Callbacks(timer=timer),
+        StepMonitor(state, runtime, config, n_images=len(train), callbacks=Callbacks(timer=timer)),
     )  # fmt: skip
     return result, model
 

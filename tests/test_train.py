@@ -11,7 +11,9 @@ from cifar_resnet.errors import ConfigError
 from cifar_resnet.inference.evaluation import evaluate
 from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
-from cifar_resnet.training.fit import Callbacks, build_model, build_optimizer, fit
+from cifar_resnet.training.epoch import Callbacks, StepMonitor
+from cifar_resnet.training.fit import fit
+from cifar_resnet.training.setup import build_model, build_optimizer
 
 QUICK = {"width": 0.25, "batch_size": 100, "epochs": 2, "peak_epoch": 1, "device": "cpu"}
 
@@ -366,7 +368,7 @@ def test_compile_trains_the_same_run_and_reports_its_time_apart(synthetic, drop_
 
 
 def test_label_smoothing_is_the_mixture_of_cross_entropy_and_the_uniform_target():
-    from cifar_resnet.training.fit import build_criterion
+    from cifar_resnet.training.setup import build_criterion
 
     torch.manual_seed(0)
     logits, labels = torch.randn(8, 10), torch.randint(0, 10, (8,))
@@ -384,12 +386,8 @@ def test_the_ema_is_the_decayed_average_of_every_steps_weights(synthetic):
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from cifar_resnet.data.splits import train_batches
-    from cifar_resnet.training.fit import (
-        EpochState,
-        build_criterion,
-        build_scheduler,
-        train_one_epoch,
-    )
+    from cifar_resnet.training.epoch import EpochState, train_one_epoch
+    from cifar_resnet.training.setup import build_criterion, build_scheduler
 
     decay = 0.7
     config = TrainConfig(max_lr=2e-3, min_lr=2e-4, ema_decay=decay, **QUICK)
@@ -414,7 +412,7 @@ def test_the_ema_is_the_decayed_average_of_every_steps_weights(synthetic):
     train_one_epoch(
         model, build_criterion(config), opt, build_scheduler(opt, config, 600),
         train_batches(train, config, runtime, gen, order=state.order), runtime,
-        state=state, n_images=len(train), config=config, after_step=after_step,
+        StepMonitor(state, runtime, config, n_images=len(train)), after_step=after_step,
     )  # fmt: skip
     averaged = ema.module.state_dict()
     for name, value in expected.items():

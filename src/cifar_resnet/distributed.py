@@ -14,7 +14,9 @@ statistics at the cost of one all-reduce per BatchNorm layer.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +111,19 @@ def from_env(device: str) -> Dist:
         backend = "nccl" if kind == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[Dist]:
+    """This process's ``Dist`` for the run (``from_env``); a process group it joined is left
+    again on exit, one that was joined before is left as it was."""
+    joined = dist.is_available() and dist.is_initialized()
+    place = from_env(device)
+    try:
+        yield place
+    finally:
+        if place.enabled and not joined:
+            dist.destroy_process_group()
 
 
 def shard(indices: torch.Tensor, rank: int, world: int) -> torch.Tensor:

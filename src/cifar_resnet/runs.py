@@ -33,6 +33,7 @@ from .errors import (
     UnexpectedError,
     oneline,
 )
+from .records.checkpoint import resumed_config
 from .records.records import TrainState
 from .records.run_folder import LR_FIND_FILES, RUN_FILES, RunFolder, RunRecord, settle_replaced
 
@@ -93,7 +94,7 @@ def resume_run(
     )  # a run's own last.pt continues in place; any other file would overwrite a later state
     target = _resume_folder(record, out, own, force)
     in_place = own and target.resolve() == record.folder.resolve()
-    config = record.config.replace(**overrides)
+    config = resumed_config(record.state, overrides)
     _check_continues(record, target, config)
     state = record.state
     where = f"step {state.epoch_state['step']} of " if state.epoch_state else ""
@@ -319,7 +320,7 @@ def lr_find(config: TrainConfig, out: str | Path, *, seeds: int = 3, force: bool
     """The range test of ``config`` over ``seeds`` seeds, written to ``out`` (lr_finder.json
     and lr_finder.png, replaced only once the test has run); its result."""
     from .plots import plot_lr_finder
-    from .training.fit import lr_range_test_seeds
+    from .training.setup import lr_range_test_seeds
 
     held = [n for n in RUN_FILES if n not in LR_FIND_FILES and (Path(out) / n).exists()]
     if held:

@@ -36,6 +36,7 @@ memory (about 15% more resident at width 0.5) until it exits.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import sys
 import time
@@ -69,6 +70,15 @@ class Runtime:
     def precision(self) -> str:
         """``fp32``, ``bf16`` or ``fp16``: the name of the autocast dtype, as configs record it."""
         return _NAMES[self.autocast_dtype]
+
+    def in_precision(self, precision: str) -> Runtime:
+        """This runtime in another precision (``fp32``, ``bf16`` or ``fp16``)."""
+        return dataclasses.replace(self, autocast_dtype=_DTYPES[precision])
+
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` on this device, in the memory format the runtime computes in."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """Loss scaling for fp16, whose 5-bit exponent flushes small gradients to zero;

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import TrainConfig, as_saved_run
+from ..config import RESUME_OVERRIDES, TrainConfig, as_saved_run
 from ..errors import CheckpointError, ConfigError, oneline
 from ..model.custom_resnet import CustomResNet
 from .records import CHECKPOINT_FORMAT, TrainState
@@ -86,6 +87,13 @@ def config_from_checkpoint(state: TrainState | dict[str, Any]) -> TrainConfig:
         return TrainConfig.from_dict(values)
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"checkpoint config is invalid: {oneline(e)}") from None
+
+
+def resumed_config(state: TrainState | dict[str, Any], given: Mapping[str, Any]) -> TrainConfig:
+    """A checkpoint's config, with the settings a resumed run may change (``RESUME_OVERRIDES``:
+    where the data and the device are) taken from ``given`` where it has them."""
+    overrides = {name: given[name] for name in RESUME_OVERRIDES if name in given}
+    return config_from_checkpoint(state).replace(**overrides)
 
 
 def model_from_checkpoint(state: TrainState | dict[str, Any]) -> CustomResNet:

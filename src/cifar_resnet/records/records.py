@@ -120,42 +120,25 @@ class EpochMetrics:
 
 @dataclass
 class RunSummary:
-    """What a finished run reports (final.json)."""
+    """What a finished run measured; final.json holds it with the run's resolved settings."""
 
     test_acc: float  # the last epoch's, plain (no TTA)
     test_loss: float
     train_acc: float
     train_loss: float
-    epochs: int
     train_seconds: float  # the epochs' training time, evaluation and range test excluded
     total_seconds: float  # wall time of the training loop in this process
     images_per_second: float  # training images x epochs / train_seconds
     train_images: int
     test_images: int
-    device: str
-    precision: str  # fp32 or bf16 (autocast)
+    device: str  # what trained, e.g. "cuda (NVIDIA A100-SXM4-40GB)"
+    precision: str  # fp32, bf16 or fp16 (autocast)
     processes: int
     compile_seconds: float | None
     torch: str
     params: int
-    seed: int
-    max_lr: float
-    min_lr: float
-    lr_source: str
+    lr_source: str  # "found" by the range test or "given"
     resumed: bool
-    batch_size: int
-    recipe: str
-    optimizer: str
-    crop_pad_mode: str  # zeros (the mean colour) or reflect
-    drop_last: bool  # the epoch's last, partial batch skipped
-    weight_decay: float
-    label_smoothing: float
-    ema_decay: float
-    head_bias: bool
-    logit_scale: float
-    pool_after_relu: bool  # Page's pooling order (conv, BN, ReLU, pool)
-    width: float
-    norm: str
     data: str
     mean: list[float]
     std: list[float]
@@ -163,9 +146,12 @@ class RunSummary:
     test_acc_tta: float | None = None  # with flip TTA, when the run measures it
     test_loss_tta: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object of final.json."""
-        return dataclasses.asdict(self)
+    def to_dict(self, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        """final.json: these figures, then every setting of ``settings`` (the run's resolved
+        ``TrainConfig.to_dict()``) that they do not name. A new knob needs no edit here."""
+        figures = dataclasses.asdict(self)
+        rest = {k: v for k, v in (settings or {}).items() if k not in figures}
+        return {**figures, **rest}
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,15 @@ from ..errors import CheckpointError
 from ..records.records import TrainState
 
 
-def capture_rng(generator: torch.Generator, aug_generator: torch.Generator | None) -> dict:
-    """The random states a checkpoint keeps: torch's global ones and the run's generators."""
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "device": generator.device.type,  # a generator's state fits only its kind of device
-        "generator": generator.get_state(),
-    }
+def capture_rng(
+    generator: torch.Generator | None = None, aug_generator: torch.Generator | None = None
+) -> dict[str, Any]:
+    """The random states a run depends on: torch's global ones (CPU, and every GPU's) and the
+    run's generators. A checkpoint keeps it; the range test and compilation restore it."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if generator is not None:
+        state["device"] = generator.device.type  # a generator's state fits only its kind
+        state["generator"] = generator.get_state()
     if aug_generator is not None:
         state["aug_generator"] = aug_generator.get_state()
     if torch.cuda.is_available():
@@ -40,7 +42,9 @@ def capture_rng(generator: torch.Generator, aug_generator: torch.Generator | Non
 
 
 def restore_rng(
-    state: dict[str, Any], generator: torch.Generator, aug_generator: torch.Generator | None
+    state: dict[str, Any],
+    generator: torch.Generator | None = None,
+    aug_generator: torch.Generator | None = None,
 ) -> bool:
     """Inverse of ``capture_rng``; False, leaving the run's generators as they are, when
     the state was saved on another kind of device (a CUDA generator's 16 bytes do not
@@ -49,6 +53,8 @@ def restore_rng(
     if "cuda" in state and torch.cuda.is_available():
         for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, index)
+    if generator is None or "generator" not in state:
+        return True
     same_kind = saved_device_type(state) in (None, generator.device.type)
     if not same_kind or state["generator"].numel() != generator.get_state().numel():
         return False

@@ -79,6 +79,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -86,10 +87,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import FINDER_RULES
+from ..config import FINDER_RULES, TrainConfig
 from ..errors import ConfigError
 from ..records.records import LRFinderResult
 from ..runtime import Runtime
+from .lifecycle import capture_rng, restore_rng
 
 FLOOR_FRACTION = 0.2  # the floor: smoothed loss within this fraction of its fall from the start
 FLOOR_SCALE = 1.5  # LRMAX = geometric centre of the floor x this (module docstring)
@@ -101,23 +103,20 @@ _DIVERGE_WINDOW = 5  # steps averaged for the early-stop test
 def preserved_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, generators: Sequence[torch.Generator] = ()
 ) -> Iterator[None]:
-    """Restore weights, buffers, optimizer state, RNG states and the train flag on exit."""
+    """Restore weights, buffers, optimizer state, RNG states and the train flag on exit.
+
+    ``generators``: the run's data-order generator and, when it has one, its augmentation's.
+    """
     model_state = copy.deepcopy(model.state_dict())
     optim_state = copy.deepcopy(optimizer.state_dict())
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    gen_states = [g.get_state() for g in generators]
+    rng = capture_rng(*generators)
     training = model.training
     try:
         yield
     finally:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optim_state)
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        for g, state in zip(generators, gen_states, strict=True):
-            g.set_state(state)
+        restore_rng(rng, *generators)
         model.train(training)
 
 
@@ -218,19 +217,48 @@ def _diverged(losses: list[float], factor: float) -> bool:
     return bool(means[-1] > factor * means.min())
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """How the range test sweeps and chooses (the module docstring says why so)."""
+
+    start_lr: float = 1e-6
+    end_lr: float = 1.0
+    num_iter: int = 100  # steps, the LR growing geometrically from start_lr to end_lr
+    smooth_decades: float = 0.2  # the smoothing's standard deviation, in decades of LR
+    diverge_factor: float = 4.0  # stop once the recent mean loss is this x its best
+    rule: str = "floor"
+    min_lr_divisor: float = 10.0  # LRMIN = LRMAX / this
+
+    def __post_init__(self) -> None:
+        if not 0 < self.start_lr < self.end_lr:
+            raise ConfigError(
+                f"LR range test needs 0 < start_lr < end_lr, got {self.start_lr}, {self.end_lr}"
+            )
+        if self.num_iter < 10:
+            raise ConfigError(f"LR range test needs at least 10 steps, got {self.num_iter}")
+        if self.rule not in FINDER_RULES:
+            rules = ", ".join(FINDER_RULES)
+            raise ConfigError(f"--finder-rule must be one of {rules}, got {self.rule!r}")
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> Sweep:
+        """The sweep a training config asks for (its ``finder_*`` settings)."""
+        return cls(
+            start_lr=config.finder_start_lr,
+            end_lr=config.finder_end_lr,
+            num_iter=config.finder_num_iter,
+            rule=config.finder_rule,
+            min_lr_divisor=config.min_lr_divisor,
+        )
+
+
 def find_lr(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
     batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | Iterable[Any],
+    sweep: Sweep = Sweep(),  # noqa: B008 (frozen: safe to share)
     *,
-    start_lr: float = 1e-6,
-    end_lr: float = 1.0,
-    num_iter: int = 100,
-    smooth_decades: float = 0.2,
-    diverge_factor: float = 4.0,
-    rule: str = "floor",
-    min_lr_divisor: float = 10.0,
     runtime: Runtime | None = None,
     generators: Sequence[torch.Generator] = (),
     progress: bool = True,
@@ -240,26 +268,42 @@ def find_lr(
     ``batches`` is a function returning a fresh iterator of ``(inputs, labels)``
     (called again whenever one runs out) or a re-iterable such as a DataLoader.
     """
-    if not 0 < start_lr < end_lr:
-        raise ConfigError(f"LR range test needs 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
-    if num_iter < 10:
-        raise ConfigError(f"LR range test needs at least 10 steps, got {num_iter}")
-    if rule not in FINDER_RULES:
-        raise ConfigError(f"--finder-rule must be one of {', '.join(FINDER_RULES)}, got {rule!r}")
     make = batches if callable(batches) else batches.__iter__
+    with preserved_state(model, optimizer, generators):
+        lrs, losses, diverged = _sweep(model, optimizer, criterion, _endless(make), sweep,
+                                       runtime, progress)  # fmt: skip
+    if not math.isfinite(losses[-1]):  # keep the JSON finite: the curve ends before it
+        lrs, losses = lrs[:-1], losses[:-1]
+    smoothed = smooth_curve(lrs, losses, sweep.smooth_decades) if lrs else []
+    max_lr, min_lr = choose_lrs(lrs, smoothed, rule=sweep.rule, min_lr_divisor=sweep.min_lr_divisor)
+    floor = list(valley_floor(lrs, smoothed)) if sweep.rule == "floor" else None
+    return LRFinderResult(
+        lrs=lrs, losses=losses, smoothed=smoothed, max_lr=max_lr, min_lr=min_lr,
+        rule=sweep.rule, min_lr_divisor=sweep.min_lr_divisor, diverged=diverged, floor=floor,
+        smooth_decades=sweep.smooth_decades,
+    )  # fmt: skip
+
+
+def _sweep(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    stream: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    sweep: Sweep,
+    runtime: Runtime | None,
+    progress: bool,
+) -> tuple[list[float], list[float], bool]:
+    """The training step at each LR of the sweep: the LRs, raw losses, and whether it
+    stopped early because the loss diverged."""
     autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
     scaler = runtime.grad_scaler() if runtime is not None else torch.amp.GradScaler(enabled=False)
-    schedule = np.geomspace(start_lr, end_lr, num_iter).tolist()
     lrs: list[float] = []
     losses: list[float] = []
-    diverged = False
-    with preserved_state(model, optimizer, generators):
-        model.train()
-        stream = _endless(make)
-        bar = tqdm(
-            total=num_iter, desc="LR range test", unit="step", leave=False, disable=not progress
-        )
-        for lr in schedule:
+    model.train()
+    bar = tqdm(total=sweep.num_iter, desc="LR range test", unit="step", leave=False,
+               disable=not progress)  # fmt: skip
+    try:
+        for lr in np.geomspace(sweep.start_lr, sweep.end_lr, sweep.num_iter).tolist():
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = next(stream)
@@ -272,27 +316,11 @@ def find_lr(
             lrs.append(lr)
             losses.append(loss.item())
             bar.update()
-            if _diverged(losses, diverge_factor):
-                diverged = True
-                break
+            if _diverged(losses, sweep.diverge_factor):
+                return lrs, losses, True
+        return lrs, losses, False
+    finally:
         bar.close()
-    if not math.isfinite(losses[-1]):  # keep the JSON finite: the curve ends before it
-        lrs, losses = lrs[:-1], losses[:-1]
-    smoothed = smooth_curve(lrs, losses, smooth_decades) if lrs else []
-    max_lr, min_lr = choose_lrs(lrs, smoothed, rule=rule, min_lr_divisor=min_lr_divisor)
-    floor = list(valley_floor(lrs, smoothed)) if rule == "floor" else None
-    return LRFinderResult(
-        lrs=lrs,
-        losses=losses,
-        smoothed=smoothed,
-        max_lr=max_lr,
-        min_lr=min_lr,
-        rule=rule,
-        min_lr_divisor=min_lr_divisor,
-        diverged=diverged,
-        floor=floor,
-        smooth_decades=smooth_decades,
-    )
 
 
 def with_spread(result: LRFinderResult, seeds: Sequence[int], others: Sequence[LRFinderResult]):
