@@ -17,6 +17,8 @@ import torch
 from conftest import Served
 from PIL import Image
 
+from cifar_resnet.data import archive as data_archive
+from cifar_resnet.data import formats as data_formats
 from cifar_resnet.data import load as data
 from cifar_resnet.data.load import CLASSES, channel_stats, load_cifar10
 from cifar_resnet.errors import DataError
@@ -202,9 +204,9 @@ def test_cache_is_used_on_second_call(
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded again instead of using the cache")
 
-    monkeypatch.setattr(data, "_read_image_tree", boom)
-    monkeypatch.setattr(data, "_read_pickles", boom)
-    monkeypatch.setattr(data, "_extract", boom)
+    monkeypatch.setattr(data_formats, "_read_image_tree", boom)
+    monkeypatch.setattr(data_formats, "_read_pickles", boom)
+    monkeypatch.setattr(data_archive, "_extract", boom)
     second = load_cifar10(source, cache, progress=False)
     assert_matches(second, expected)
     assert torch.equal(first.train_images, second.train_images)

@@ -14,7 +14,8 @@ from cifar_resnet.config import TrainConfig
 from cifar_resnet.errors import CifarResnetError
 from cifar_resnet.inference.evaluation import predict_logits
 from cifar_resnet.inference.export import NormalizedClassifier, export_model, read_metadata
-from cifar_resnet.inference.predict import TrainedModel, load_model
+from cifar_resnet.inference.predict import load_model
+from cifar_resnet.inference.types import TrainedModel
 from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
 from cifar_resnet.training.fit import fit

@@ -15,7 +15,6 @@ from cifar_resnet.config import TrainConfig
 from cifar_resnet.errors import DataError
 from cifar_resnet.inference.evaluation import predict_logits
 from cifar_resnet.inference.predict import (
-    TrainedModel,
     evaluate_model,
     load_image,
     load_model,
@@ -23,6 +22,7 @@ from cifar_resnet.inference.predict import (
     select_test_split,
     to_batch,
 )
+from cifar_resnet.inference.types import TrainedModel
 from cifar_resnet.records.checkpoint import load_checkpoint
 from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime

@@ -134,7 +134,8 @@ def _test_split(args: argparse.Namespace, model: Any, quiet: bool) -> tuple[Any,
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .inference.predict import evaluate_model, evaluation_record, evaluation_table, load_model
+    from .inference.predict import evaluate_model, load_model
+    from .inference.tables import evaluation_record, evaluation_table
 
     model = load_model(args.checkpoint, device=args.device)
     data, images, labels, limit = _test_split(args, model, args.quiet or args.json)
@@ -155,13 +156,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .inference.predict import (
-        load_model,
-        predict,
-        prediction_records,
-        prediction_table,
-        to_batch,
-    )
+    from .inference.predict import load_model, predict, to_batch
+    from .inference.tables import prediction_records, prediction_table
 
     model = load_model(args.checkpoint, device=args.device)
     predictions = predict(model, to_batch(args.images), tta=args.tta)  # every file read first

@@ -15,6 +15,7 @@ training exactly, with the weight decay chosen by measurement.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -113,207 +114,143 @@ def _knob(default: Any, help: str, stage: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, "stage": stage, **meta})
 
 
+def _stage(stage: str) -> Any:
+    """The ``_knob`` of one stage's fields."""
+    return functools.partial(_knob, stage=stage)
+
+
+_recipe, _data, _model = _stage("recipe"), _stage("data"), _stage("model")
+_optimisation, _schedule, _run = _stage("optimisation"), _stage("schedule"), _stage("run")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """A training run: data, model, schedule and runtime settings (SPEC section 2 defaults)."""
 
-    recipe: str = _knob(
+    recipe: str = _recipe(
         "spec",
         "named defaults: spec (the assignment: Adam, LRs found by the range test) or page "
         "(David Page's: SGD Nesterov, LR 0.4, label smoothing 0.2, bias-free head x 0.125, "
         "flip TTA, reflection padding, last partial batch dropped); any flag still overrides",
         choices=tuple(RECIPES),
-        stage="recipe",
     )
-    data_dir: str | None = _knob(
+    data_dir: str | None = _data(
         None,
         "local CIFAR-10: a cifar-10-batches-py folder, an image tree train/<class>/* and "
         "test/<class>/*, or a .tar.gz of either; without it the official archive is downloaded",
         metavar="PATH",
-        stage="data",
     )
-    cache_dir: str | None = _knob(
+    cache_dir: str | None = _data(
         None,
         "where downloads and decoded arrays are cached (default: $CIFAR_RESNET_CACHE, else "
         "~/.cache/cifar_resnet)",
         metavar="PATH",
-        stage="data",
     )
-    limit_train: int | None = _knob(
-        None,
-        "train on the first N training images only",
-        bounds=(1, 10**9, "[]"),
-        stage="data",
+    limit_train: int | None = _data(
+        None, "train on the first N training images only", bounds=(1, 10**9, "[]")
     )
-    limit_test: int | None = _knob(
-        None,
-        "evaluate on the first N test images only",
-        bounds=(1, 10**9, "[]"),
-        stage="data",
+    limit_test: int | None = _data(
+        None, "evaluate on the first N test images only", bounds=(1, 10**9, "[]")
     )
-    crop_padding: int = _knob(
-        4,
-        "pixels of padding before the random 32x32 crop",
-        bounds=(0, 32, "[]"),
-        stage="data",
+    crop_padding: int = _data(
+        4, "pixels of padding before the random 32x32 crop", bounds=(0, 32, "[]")
     )
-    crop_pad_mode: str | None = _knob(
+    crop_pad_mode: str | None = _data(
         None,
         "how that padding is filled: zeros (the mean colour, as the images are normalised) "
         "or reflect (the edge mirrored) (spec: zeros; page: reflect)",
         choices=PAD_MODES,
-        stage="data",
     )
-    flip_prob: float = _knob(
-        0.5, "probability of a horizontal flip", bounds=(0, 1, "[]"), stage="data"
+    flip_prob: float = _data(0.5, "probability of a horizontal flip", bounds=(0, 1, "[]"))
+    cutout_size: int = _data(
+        8, "side in pixels of the one CutOut hole per image (0: off)", bounds=(0, 32, "[]")
     )
-    cutout_size: int = _knob(
-        8,
-        "side in pixels of the one CutOut hole per image (0: off)",
-        bounds=(0, 32, "[]"),
-        stage="data",
+    width: float = _model(
+        1.0, "channel width multiplier (0.25 gives a CPU-sized net)", bounds=WIDTH_BOUNDS
     )
-    width: float = _knob(
-        1.0,
-        "channel width multiplier (0.25 gives a CPU-sized net)",
-        bounds=WIDTH_BOUNDS,
-        stage="model",
+    norm: str = _model("batch", "normalisation layer", choices=NORMS)
+    dropout: float = _model(0.0, "dropout probability after each conv block", bounds=DROPOUT_BOUNDS)
+    head_bias: bool | None = _model(None, "bias in the final Linear layer (spec: yes; page: no)")
+    logit_scale: float | None = _model(
+        None, "multiply the logits by this (spec: 1; page: 0.125)", bounds=LOGIT_SCALE_BOUNDS
     )
-    norm: str = _knob("batch", "normalisation layer", choices=NORMS, stage="model")
-    dropout: float = _knob(
-        0.0, "dropout probability after each conv block", bounds=DROPOUT_BOUNDS, stage="model"
-    )
-    head_bias: bool | None = _knob(
-        None, "bias in the final Linear layer (spec: yes; page: no)", stage="model"
-    )
-    logit_scale: float | None = _knob(
-        None,
-        "multiply the logits by this (spec: 1; page: 0.125)",
-        bounds=LOGIT_SCALE_BOUNDS,
-        stage="model",
-    )
-    pool_after_relu: bool = _knob(
+    pool_after_relu: bool = _model(
         False,
         "pool after BatchNorm and ReLU (conv, BN, ReLU, pool), the order of Page's network; "
         "the spec pools between the conv and BatchNorm",
-        stage="model",
     )
-    epochs: int = _knob(24, "epochs in total", bounds=(1, 10_000, "[]"), stage="schedule")
-    peak_epoch: int = _knob(
-        5,
-        "the LR peaks at the end of this epoch (at most --epochs)",
-        bounds=(1, 10_000, "[]"),
-        stage="schedule",
+    epochs: int = _schedule(24, "epochs in total", bounds=(1, 10_000, "[]"))
+    peak_epoch: int = _schedule(
+        5, "the LR peaks at the end of this epoch (at most --epochs)", bounds=(1, 10_000, "[]")
     )
-    batch_size: int = _knob(
-        512, "training images per optimizer step", bounds=(1, 65_536, "[]"), stage="optimisation"
+    batch_size: int = _optimisation(
+        512, "training images per optimizer step", bounds=(1, 65_536, "[]")
     )
-    drop_last: bool | None = _knob(
+    drop_last: bool | None = _optimisation(
         None,
         "skip each epoch's last batch when it is smaller than --batch-size (spec: no; page: yes)",
-        stage="optimisation",
     )
-    optimizer: str | None = _knob(
+    optimizer: str | None = _optimisation(
         None,
-        "adam (weight decay as coupled L2), adamw (decoupled weight decay) or sgd (Nesterov "
-        "momentum) (spec: adam; page: sgd)",
+        "adam (weight decay as coupled L2), adamw (decoupled weight decay) "
+        "or sgd (Nesterov momentum) "
+        "(spec: adam; page: sgd)",
         choices=OPTIMIZERS,
-        stage="optimisation",
     )
-    momentum: float = _knob(
-        0.9, "SGD's Nesterov momentum", bounds=(0, 1, "[)"), stage="optimisation"
+    momentum: float = _optimisation(0.9, "SGD's Nesterov momentum", bounds=(0, 1, "[)"))
+    max_lr: float | None = _schedule(
+        None, "peak LR (LRMAX); spec: found by the LR range test; page: 0.4", bounds=(0, 100, "(]")
     )
-    max_lr: float | None = _knob(
-        None,
-        "peak LR (LRMAX); spec: found by the LR range test; page: 0.4",
-        bounds=(0, 100, "(]"),
-        stage="schedule",
-    )
-    min_lr: float | None = _knob(
+    min_lr: float | None = _schedule(
         None,
         "start and end LR (LRMIN); spec: max_lr / min_lr_divisor; page: 0",
         bounds=(0, 100, "[]"),
-        stage="schedule",
     )
-    min_lr_divisor: float = _knob(
-        10.0,
-        "LRMIN = LRMAX / this, when --min-lr is not given",
-        bounds=(1, 1e6, "[]"),
-        stage="schedule",
+    min_lr_divisor: float = _schedule(
+        10.0, "LRMIN = LRMAX / this, when --min-lr is not given", bounds=(1, 1e6, "[]")
     )
-    weight_decay: float | None = _knob(
-        None,
-        f"weight decay (spec: {SPEC_WEIGHT_DECAY:g}; page: 5e-4)",
-        bounds=(0, 1, "[]"),
-        stage="optimisation",
+    weight_decay: float | None = _optimisation(
+        None, f"weight decay (spec: {SPEC_WEIGHT_DECAY:g}; page: 5e-4)", bounds=(0, 1, "[]")
     )
-    label_smoothing: float | None = _knob(
-        None,
-        "label smoothing of the training loss (spec: 0; page: 0.2)",
-        bounds=(0, 1, "[)"),
-        stage="optimisation",
+    label_smoothing: float | None = _optimisation(
+        None, "label smoothing of the training loss (spec: 0; page: 0.2)", bounds=(0, 1, "[)")
     )
-    ema_decay: float = _knob(
+    ema_decay: float = _optimisation(
         0.0,
         "evaluate and save an exponential moving average of the weights, updated every step "
         "with this decay (0: off)",
         bounds=(0, 1, "[)"),
-        stage="optimisation",
     )
-    tta: bool | None = _knob(
-        None,
-        "also measure test accuracy with horizontal-flip TTA (spec: no; page: yes)",
-        stage="run",
+    tta: bool | None = _run(
+        None, "also measure test accuracy with horizontal-flip TTA (spec: no; page: yes)"
     )
-    finder_start_lr: float = _knob(
-        1e-6, "LR range test: first LR", bounds=(0, 1e3, "(]"), stage="schedule"
+    finder_start_lr: float = _schedule(1e-6, "LR range test: first LR", bounds=(0, 1e3, "(]"))
+    finder_end_lr: float = _schedule(1.0, "LR range test: last LR", bounds=(0, 1e3, "(]"))
+    finder_num_iter: int = _schedule(
+        100, "LR range test: number of steps (at most about one epoch)", bounds=(10, 100_000, "[]")
     )
-    finder_end_lr: float = _knob(
-        1.0, "LR range test: last LR", bounds=(0, 1e3, "(]"), stage="schedule"
+    finder_rule: str = _schedule(
+        "floor", "LR range test: rule picking LRMAX from the curve", choices=FINDER_RULES
     )
-    finder_num_iter: int = _knob(
-        100,
-        "LR range test: number of steps (at most about one epoch)",
-        bounds=(10, 100_000, "[]"),
-        stage="schedule",
+    eval_batch_size: int = _run(1024, "images per evaluation batch", bounds=(1, 65_536, "[]"))
+    seed: int = _run(
+        0, "seed for initialisation, shuffling and augmentation", bounds=(0, 2**62, "[]")
     )
-    finder_rule: str = _knob(
-        "floor",
-        "LR range test: rule picking LRMAX from the curve",
-        choices=FINDER_RULES,
-        stage="schedule",
-    )
-    eval_batch_size: int = _knob(
-        1024, "images per evaluation batch", bounds=(1, 65_536, "[]"), stage="run"
-    )
-    seed: int = _knob(
-        0,
-        "seed for initialisation, shuffling and augmentation",
-        bounds=(0, 2**62, "[]"),
-        stage="run",
-    )
-    device: str = _knob("auto", f"{DEVICE_FORMS} (auto: cuda if present, else cpu)", stage="run")
-    precision: str = _knob(
+    device: str = _run("auto", f"{DEVICE_FORMS} (auto: cuda if present, else cpu)")
+    precision: str = _run(
         "auto",
         "bf16 or fp16 autocast (fp16 with loss scaling), or fp32; auto: bf16 on GPUs of "
         "compute capability 8.0+ (A100, L4), fp16 on 7.x (T4, V100), fp32 on older GPUs and "
         "MPS; on CPUs bf16 with AMX, or with AVX512-BF16 where a probe convolution runs "
         "1.2x faster in bf16, else fp32",
         choices=PRECISIONS,
-        stage="run",
     )
-    sync_bn: bool = _knob(
-        False, "data-parallel runs: BatchNorm statistics over the global batch", stage="run"
+    sync_bn: bool = _run(False, "data-parallel runs: BatchNorm statistics over the global batch")
+    compile: bool = _run(
+        False, "torch.compile the training step; compile time is reported on its own"
     )
-    compile: bool = _knob(
-        False,
-        "torch.compile the training step; compile time is reported on its own",
-        stage="run",
-    )
-    tensorboard: bool = _knob(
-        False,
-        "also write TensorBoard event files into RUN/tb (the tensorboard extra)",
-        stage="run",
+    tensorboard: bool = _run(
+        False, "also write TensorBoard event files into RUN/tb (the tensorboard extra)"
     )
 
     def __post_init__(self) -> None:

@@ -1,36 +1,20 @@
-"""Device, precision and memory layout, decided in one place.
+"""Device, precision and memory layout, decided in one place (``resolve_runtime``).
 
-Precision (``--precision``): ``bf16`` is autocast to bfloat16, the same context on CUDA
-and on the CPU, so the CPU tests run the code a GPU user runs; BatchNorm, the softmax
-and the loss stay in fp32, as autocast keeps them, and the weights and optimizer state
-stay fp32. ``fp16`` is the same with loss scaling (``Runtime.grad_scaler``). ``auto``
-picks bf16 on CUDA GPUs that do it in tensor cores (compute capability 8.0 and later),
-fp16 on 7.x (a T4), fp32 on older GPUs and on MPS; bf16 on CPUs with AMX-BF16; on a CPU whose bf16
-kernels are AVX512-BF16 alone (as torch itself reports it) it times one convolution of
-this network in both precisions (under a second) and takes bf16 only where bf16 ran at
-least ``BF16_MIN_GAIN`` times faster; fp32 elsewhere. The probe is there because
-AVX512-BF16 alone is no promise of speed: on a 2-core AMD EPYC a 4096-square matrix
-product ran 2.3x faster in bf16 than in fp32 (404 against 176 GFLOP/s), on a 2-core
-Xeon whose AMX the hypervisor hides 0.5x as fast (0.16 against 0.32), where width-1.0
-training ran at 69 images/s in bf16 against 98 in fp32 and the probe measured 0.62
-(``results/2026-12-02-cpu-speed-w1-xeon-no-amx.json``). The probe itself has run on that
-Xeon only. What ``auto`` chose is what the run records, and a resumed run keeps it. bf16
-needs no loss scaling, having fp32's exponent range. Width-1.0 training, batch 512,
-``benchmarks/speed.py``: on a 2-core AMD EPYC with AVX512-BF16 and no AMX, 272 images/s
-in bf16 against 155 in fp32 (1.76x, one run, ``results/2026-12-02-cpu-speed-w1.json``);
-on a 2-core Xeon with AMX-BF16 about 500 in bf16 (``cpu_conv``'s measurements) against
-134 in fp32 in the 2026-11-23 speed run (``results/2026-11-23-cpu-speed-w1.json``, which
-does not name its CPU).
+Precision: ``bf16`` and ``fp16`` are autocast, the same context on CUDA and on the CPU,
+so the CPU tests run the code a GPU user runs; BatchNorm, the softmax and the loss stay
+in fp32, as do the weights and the optimizer state; fp16 adds loss scaling (its 5-bit
+exponent flushes small gradients to zero; bf16 has fp32's range and needs none).
+``auto`` takes what the hardware does fast: on CUDA by compute capability
+(``cuda_precision``), on the CPU bf16 with AMX, and with AVX512-BF16 alone only where a
+probe convolution times at least ``BF16_MIN_GAIN`` times faster in bf16, because that
+instruction set is no promise of speed (on a Xeon whose AMX the hypervisor hides, bf16
+trained slower than fp32; the README's Results give the figures). What ``auto`` chose
+is what the run records.
 
-Layout: channels_last everywhere it is used: cuDNN picks its NHWC tensor-core
-kernels, and oneDNN's NHWC convolutions trained this network 1.5x faster at width
-0.25 and 1.2x faster at width 1.0 than NCHW on a 2-core CPU.
-
-CPU training also calls ``keep_freed_memory``: a training step frees and
-reallocates the same activation buffers every step, and glibc hands back every
-block over 32 MiB to the kernel, so each step page-faults them in again (at width
-1.0 that was a third of the step). Kept for reuse, the process holds on to its peak
-memory (about 15% more resident at width 0.5) until it exits.
+Layout: channels_last on CUDA and the CPU, where NHWC kernels are the fast ones (cuDNN's
+tensor-core kernels; oneDNN's, which trained this network 1.2-1.5x faster than NCHW).
+CPU training keeps freed memory for reuse (``keep_freed_memory``): glibc would hand every
+block over 32 MiB back to the kernel and fault it in again at the next step.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from ..config import PAD_MODES
 
 
-
 @dataclass(frozen=True)
 class AugmentParams:
     """Random draws for one batch: each tensor has shape (N,)."""

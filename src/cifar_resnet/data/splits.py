@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .augment import augment, normalize
 from ..config import TrainConfig
-from .load import Cifar10, channel_stats
 from ..distributed import SINGLE_PROCESS, Dist, shard
 from ..runtime import Runtime
+from .augment import augment, normalize
+from .load import Cifar10, channel_stats
 
 
 @dataclass(frozen=True)

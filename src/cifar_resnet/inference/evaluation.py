@@ -74,6 +74,15 @@ def tta_log_probs(logits: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
     return torch.logaddexp(a, b) - math.log(2.0)
 
 
+def scores(
+    log_probs: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """(2,) in ``dtype``: the summed cross-entropy of log-probabilities (N, C) and the number
+    of right predictions (N,); every evaluation's loss and accuracy come from here."""
+    loss = nn.functional.nll_loss(log_probs.float(), labels, reduction="sum")
+    return torch.stack([loss.to(dtype), (predicted == labels).sum().to(dtype)])
+
+
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module,
@@ -114,7 +123,6 @@ def evaluate(
     With ``tta``, also ``tta_loss`` and ``tta_acc`` (see the module docstring). With
     ``dist``, each rank evaluates every ``world``-th batch and the sums are combined.
     """
-    criterion = nn.CrossEntropyLoss(reduction="sum")
     sums = torch.zeros(4, device=runtime.device, dtype=runtime.sum_dtype)  # loss, hits, TTA x2
     n = len(split)
     starts = range(0, n, batch_size)[dist.rank :: dist.world]
@@ -125,12 +133,10 @@ def evaluate(
         )  # fmt: skip
         for start, logits, flipped in batches:
             y = split.labels[start : start + batch_size]
-            sums[0] += criterion(logits.float(), y).to(sums.dtype)
-            sums[1] += (logits.argmax(1) == y).sum()
+            sums[:2] += scores(logits.float().log_softmax(1), logits.argmax(1), y, sums.dtype)
             if flipped is not None:
                 log_probs = tta_log_probs(logits, flipped)
-                sums[2] += nn.functional.nll_loss(log_probs, y, reduction="sum").to(sums.dtype)
-                sums[3] += (log_probs.argmax(1) == y).sum()
+                sums[2:] += scores(log_probs, log_probs.argmax(1), y, sums.dtype)
     loss, correct, tta_loss, tta_correct = dist.all_sum(sums).tolist()
     out = {"loss": loss / n, "acc": int(correct) / n, "n": n}
     if tta:

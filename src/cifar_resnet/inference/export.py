@@ -46,14 +46,13 @@ from torch import nn
 
 from ..errors import CifarResnetError, oneline
 from ..files import staged
-from .predict import SIDE, TrainedModel
+from .types import SIDE, TrainedModel
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 TOLERANCE = 1e-4  # largest |logit| difference from PyTorch accepted in the post-export check
 
-_LOCAL_FIELDS = ("data_dir", "cache_dir")
 _INSTALL_HINT = "install them with: pip install 'cifar-resnet[export]'"
 
 
@@ -143,9 +142,7 @@ def export_metadata(model: TrainedModel) -> dict[str, str]:
         "output": f"{OUTPUT_NAME}: float32 (N, {len(model.classes)}); softmax gives probabilities",
         "epoch": str(model.epoch),
         # Local paths stay out of a file meant to be shipped.
-        "config": json.dumps(
-            {k: v for k, v in model.config.to_dict().items() if k not in _LOCAL_FIELDS}
-        ),
+        "config": json.dumps(model.shareable_config()),
         "cifar_resnet_version": __version__,
     }
 

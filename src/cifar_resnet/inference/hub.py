@@ -30,15 +30,14 @@ import torch
 
 from ..config import MODEL_OPTIONS, TrainConfig, as_saved_run
 from ..errors import CheckpointError, CifarResnetError, ConfigError, oneline
-from ..model.custom_resnet import CustomResNet
+from ..model.custom_resnet import CustomResNet, load_weights
 from ..runtime import resolve_runtime, runnable_precision
-from .predict import SIDE, Evaluation, TrainedModel
+from .types import SIDE, Evaluation, TrainedModel
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "README.md"
 MODEL_TYPE = "cifar-resnet/custom-resnet9"
-_LOCAL_FIELDS = ("data_dir", "cache_dir")
 TOLERANCE = 1e-6  # largest |logit| difference (fp32) accepted between reloaded and exported
 
 
@@ -62,7 +61,7 @@ def folder_config(model: TrainedModel, evaluation: Evaluation) -> dict[str, Any]
     """config.json of the exported folder."""
     from .. import __version__
 
-    training = {k: v for k, v in model.config.to_dict().items() if k not in _LOCAL_FIELDS}
+    training = model.shareable_config()
     return {
         "model_type": MODEL_TYPE,
         "architecture": "CustomResNet",
@@ -234,14 +233,8 @@ def export_folder(
 
 
 def _network(config: dict[str, Any], weights: dict[str, torch.Tensor]) -> CustomResNet:
-    options = config["model_options"]
-    model = CustomResNet(int(config["num_classes"]), **options)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"model.safetensors does not fit config.json: {first}") from None
-    return model.eval()
+    model = CustomResNet(int(config["num_classes"]), **config["model_options"])
+    return load_weights(model, weights, f"{WEIGHTS} does not fit {CONFIG}")
 
 
 def _check(model: TrainedModel, weights: dict[str, torch.Tensor], config: dict[str, Any]) -> float:
@@ -275,9 +268,7 @@ def load_folder(path: str | Path, device: str = "cpu") -> TrainedModel:
         raise CheckpointError(f"{path / CONFIG}: invalid training_config: {oneline(e)}") from None
     precision = config.get("precision", training.precision)
     runtime = resolve_runtime(device, runnable_precision(precision, device))
-    model = _network(config, weights).to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = runtime.place(_network(config, weights))
     return TrainedModel(
         model=model,
         classes=tuple(config["classes"]),

@@ -362,6 +362,37 @@ def _kv_table(values: Mapping[str, Any]) -> str:
 
 def _overview(r: RunResults, accuracy: float, n_wrong: int) -> str:
     f = r.final
+    keys = ("device", "precision", "torch", "params", "train_seconds", "total_seconds",
+            "images_per_second", "max_lr", "min_lr", "lr_source", "batch_size", "width", "norm",
+            "seed", "train_images", "test_images", "data")  # fmt: skip
+    shown = {k: f[k] for k in keys if k in f}
+    extra = {k: v for k, v in f.items() if k not in shown and k not in ("classes", "mean", "std")}
+    note = (
+        ""
+        if f
+        else "<p><b>final.json is missing: the run did not finish; this is its last checkpoint."
+        "</b></p>"
+    )
+    return (
+        note
+        + f"<div class='kpi'>{_kpi_boxes(r, accuracy, n_wrong)}</div>"
+        + "<h3>Timings and device</h3>"
+        + (_kv_table(shown) if shown else "<p>Not recorded: final.json is missing.</p>")
+        + (
+            "<details><summary>everything else in final.json</summary>"
+            + _kv_table(extra)
+            + "</details>"
+            if extra
+            else ""
+        )
+        + f"<p class='muted'>Run folder: {_e(r.path.resolve())}. Accuracy is measured on the "
+        "test split only, with the checkpoint's model in eval mode and no augmentation.</p>"
+    )
+
+
+def _kpi_boxes(r: RunResults, accuracy: float, n_wrong: int) -> str:
+    """The overview's boxes: test accuracy (recomputed and recorded), mistakes, epochs, time."""
+    f = r.final
     n_test = int(r.data.test_labels.numel())
     kpis = [
         ("test accuracy (recomputed)", f"{accuracy:.2%}", f"{n_test:,} test images"),
@@ -381,52 +412,10 @@ def _overview(r: RunResults, accuracy: float, n_wrong: int) -> str:
                 f"{f.get('images_per_second', 0):,.0f} images/s",
             )
         )
-    boxes = "".join(
+    return "".join(
         f"<div><span class='muted'>{_e(a)}</span><b>{_e(b)}</b>"
         f"<span class='muted'>{_e(c)}</span></div>"
         for a, b, c in kpis
-    )
-    keys = (
-        "device",
-        "precision",
-        "torch",
-        "params",
-        "train_seconds",
-        "total_seconds",
-        "images_per_second",
-        "max_lr",
-        "min_lr",
-        "lr_source",
-        "batch_size",
-        "width",
-        "norm",
-        "seed",
-        "train_images",
-        "test_images",
-        "data",
-    )
-    shown = {k: f[k] for k in keys if k in f}
-    extra = {k: v for k, v in f.items() if k not in shown and k not in ("classes", "mean", "std")}
-    note = (
-        ""
-        if f
-        else "<p><b>final.json is missing: the run did not finish; this is its last checkpoint."
-        "</b></p>"
-    )
-    return (
-        note
-        + f"<div class='kpi'>{boxes}</div>"
-        + "<h3>Timings and device</h3>"
-        + (_kv_table(shown) if shown else "<p>Not recorded: final.json is missing.</p>")
-        + (
-            "<details><summary>everything else in final.json</summary>"
-            + _kv_table(extra)
-            + "</details>"
-            if extra
-            else ""
-        )
-        + f"<p class='muted'>Run folder: {_e(r.path.resolve())}. Accuracy is measured on the "
-        "test split only, with the checkpoint's model in eval mode and no augmentation.</p>"
     )
 
 

@@ -36,12 +36,13 @@ state_dict) whose bf16 training on the CPU runs small maps as matrix products.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from ..config import DROPOUT_BOUNDS, LOGIT_SCALE_BOUNDS, NORMS, WIDTH_BOUNDS
-from ..errors import ConfigError, check_range
+from ..errors import CheckpointError, ConfigError, check_range, oneline
 from .cpu_conv import Conv3x3
 
 
@@ -179,3 +180,19 @@ class CustomResNet(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def load_weights(
+    model: nn.Module, weights: Mapping[str, torch.Tensor], problem: str, then: str = ""
+) -> nn.Module:
+    """``model`` holding ``weights``, in eval mode. Weights that do not fit are a one-line
+    CheckpointError: ``problem``, torch's first reason (and first size mismatch), ``then``."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        text = str(e).strip()
+        first = oneline(text.splitlines()[0] if text else "state dict mismatch")
+        shapes = [line.strip() for line in text.splitlines() if "size mismatch" in line][:1]
+        detail = f"{first} {oneline(shapes[0], 160)}" if shapes else first
+        raise CheckpointError(f"{problem} ({detail})" + (f"; {then}" if then else "")) from None
+    return model.eval()

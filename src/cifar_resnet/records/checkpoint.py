@@ -17,7 +17,7 @@ import torch
 
 from ..config import RESUME_OVERRIDES, TrainConfig, as_saved_run
 from ..errors import CheckpointError, ConfigError, oneline
-from ..model.custom_resnet import CustomResNet
+from ..model.custom_resnet import CustomResNet, load_weights
 from .records import CHECKPOINT_FORMAT, TrainState
 
 __all__ = ["CHECKPOINT_FORMAT", "checkpoint_path", "load_checkpoint", "train_state"]
@@ -108,14 +108,7 @@ def model_from_checkpoint(state: TrainState | dict[str, Any]) -> CustomResNet:
     if state.ema is not None:  # AveragedModel's state: "module.<name>" and n_averaged
         prefix = "module."
         weights = {k[len(prefix) :]: v for k, v in state.ema.items() if k.startswith(prefix)}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        first = oneline(str(e).strip().splitlines()[0] if str(e).strip() else "state dict mismatch")
-        shapes = [line.strip() for line in str(e).splitlines() if "size mismatch" in line][:1]
-        detail = f"{first} {oneline(shapes[0], 160)}" if shapes else first
-        raise CheckpointError(
-            f"checkpoint weights do not fit the network its config describes ({detail}); "
-            "the file may have been edited or mixed up with another run's"
-        ) from None
-    return model.eval()
+    return load_weights(
+        model, weights, "checkpoint weights do not fit the network its config describes",
+        then="the file may have been edited or mixed up with another run's",
+    )  # fmt: skip

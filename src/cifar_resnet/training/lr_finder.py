@@ -1,76 +1,25 @@
 """LR range test ("FIND"): pick LRMAX and LRMIN for the One Cycle schedule.
 
 The sweep runs the real training step (same model, optimizer, loss, batch size,
-precision and augmented batches) ``num_iter`` times while the LR grows
-exponentially from ``start_lr`` to ``end_lr``, records every raw loss, and stops
-early once the loss has clearly diverged. Weights, BatchNorm statistics, optimizer
-state, RNG states and the train/eval flag are restored afterwards, so training
-starts exactly as it would without the test.
+precision and augmented batches) ``num_iter`` times while the LR grows exponentially
+from ``start_lr`` to ``end_lr``, records every raw loss, and stops early once the loss
+has clearly diverged; weights, BatchNorm statistics, optimizer and RNG states and the
+train flag are restored afterwards, so training starts as it would without the test.
 
-Smoothing: a Gaussian kernel over log10(LR), ``smooth_decades`` wide (standard
-deviation, 0.2 decade by default), centred on each point. Its width is a distance
-in LR, not a number of steps, so a sweep of 100 or 400 steps is smoothed alike, and
-being centred it does not lag the curve (an exponential moving average, as
-fastai and torch-lr-finder use, shifts the curve right by an amount that depends
-on the step count).
+The curve is smoothed by a Gaussian over log10(LR), ``smooth_decades`` wide and centred
+(so, unlike the exponential moving average of fastai and torch-lr-finder, it does not
+lag by a step-count-dependent amount). The ``floor`` rule: the valley floor is the
+stretch around the smoothed minimum within ``FLOOR_FRACTION`` of the curve's fall, its
+edges interpolated between steps; LRMAX is its geometric centre times ``FLOOR_SCALE``,
+LRMIN is LRMAX / ``min_lr_divisor``. Both edges are fixed by many points of the curve,
+where the minimum itself wanders on a flat floor with batch noise. ``valley`` (minimum /
+10) and ``steepest`` remain for comparison. The README's "LR range test" gives the
+measured spread over seeds and the runs behind the band and the scale.
 
-The rule (``floor``, the default): the valley floor is the stretch of LRs around
-the smoothed minimum where the smoothed loss stays within ``FLOOR_FRACTION`` (20%)
-of its total fall (from the first LR down to the minimum), its two edges interpolated
-between grid points where the curve crosses that level; LRMAX is the floor's
-geometric centre times ``FLOOR_SCALE`` (1.5), LRMIN is LRMAX divided by
-``min_lr_divisor``. The floor's two edges are where the loss stops improving by
-learning and where it starts to suffer from the LR; both are fixed by many points
-of the curve, while the minimum itself sits anywhere on a flat floor, moved by
-batch noise. ``valley`` (LR of the smoothed minimum / 10) and ``steepest`` (LR of
-the fastest fall) remain for comparison.
-
-Evidence (CIFAR-10, batch 512, Adam, bf16, 100 steps from 1e-6 to 1, one sweep per
-seed from that seed's initial weights; ``benchmarks/lr_find_spread.py``, results in
-``benchmarks/results/*lr-find-spread*.json``). Spread: the largest LRMAX chosen
-over the seeds divided by the smallest (a ratio, so the scale does not change it).
-
-==========================================  ==================  =================
-rule, on the same curves                    width 0.25, seeds   width 1.0, seeds
-                                            0-5                 0-2
-==========================================  ==================  =================
-floor, band 20% of the fall, interpolated   1.26x               1.21x
-  LRMAX (centre x 1.5)                      9.9e-3..1.2e-2      1.6e-3..2.0e-3
-floor, band 10% (the rule before)           1.50x               1.55x
-valley, centred smoothing (min / 10)        1.52x               1.52x
-valley, torch-lr-finder's EMA (first rule)  2.66x               3.05x
-==========================================  ==================  =================
-
-The band: at 10% of the fall the floor's right edge sits where the loss has only just
-begun to rise, on few points of a noisy curve; at 20% both edges are on the steep parts
-of the curve, fixed by many points, and the spread fell from 1.5x to 1.2-1.3x on the
-same sweeps. Without interpolation the edges are rounded to the grid (15% a step), and
-the centre to half a step.
-
-The scale, 1.5: the floor's centre is where the loss is lowest *during* a sweep of a
-hundred steps, not the best peak for 24 epochs of One Cycle, which spends most of its
-steps below its peak. Measured with the spec recipe (Adam, weight decay 2.5e-4, bf16,
-24 epochs, seed 0): at width 0.5, centre x 1.5 (4.6e-3) beat centre / 2 (1.5e-3),
-88.59% against 87.96%; at width 1.0, centre / 2 (5.9e-4) gave 89.07%, and the runs with
-centre x 1.5 are in the README's results. (With weight decay 1e-3 at width 0.5 the
-order was the other way, 87.35% against 88.28%.) At width 0.25 the scale was not
-measured: there LRMAX 4e-3 (about centre / 2) beat 1.75e-3, 85.69% against 85.00%.
-The floor reaches past the LR where training diverges, because a sweep's loss takes
-some steps to blow up: on a quadratic whose full-batch plain-SGD step diverges at LR 1,
-the floor is 0.24..7.1 and the choice 1.96 (``tests/test_lr_finder.py``). The rule is
-fitted to Adam with a warm-up, which tolerates a peak near that edge; for plain SGD on a
-problem like that one, give ``--max-lr``.
-
-The ``steepest`` rule picks the early slope, which in a one-epoch test is mostly
-training progress, not the LR's effect (5e-5..1.3e-4 on the same curves, a spread
-of 2.66x).
-
-Why not torch-lr-finder, which the first version used: to run this package's
-training step (on-device batches, autocast, channels_last) it needed three adapter
-classes, a patched progress bar and a redirected stdout, and it records only the
-smoothed loss, with an exponential smoothing that lags by a step-dependent amount.
-The sweep itself is a loop of a dozen lines over our own step; owning it removes the
-patching and lets the smoothing and the stop test be chosen by measurement.
+Why not torch-lr-finder, which the first version used: running this package's training
+step (on-device batches, autocast, channels_last) took three adapter classes, a patched
+progress bar and a redirected stdout, and it records only the lagging smoothed loss. The
+sweep itself is a loop of a dozen lines over our own step.
 """
 
 from __future__ import annotations

@@ -1,0 +1,123 @@
+"""Unpacking a local ``.tar.gz`` safely into the cache folder.
+
+Owns everything between the archive and a plain folder: members are checked before they are
+written (no absolute path, no ``..``; Python's ``data`` filter, where it exists, also refuses
+links that point outside, and without it only files and folders are unpacked), they land in a
+staging folder named after this process that replaces the target in one rename, and staging
+folders that a killed process left behind are removed. A full or read-only disk is told apart
+from a damaged archive, so that the message says which of the two to fix.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import DataError, oneline
+from ..files import process_alive
+
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+_FILTER_ERRORS: tuple[type[Exception], ...] = (
+    (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+)
+
+
+def _extract(archive: Path, target: Path, progress: bool) -> Path:
+    """Unpack archive into target (once), refusing members that would land outside it."""
+    if target.is_dir():
+        return target
+    _remove_stale_partials(target)
+    staging = _make_temp_dir(target.parent, f"{target.name}.partial-{os.getpid()}-")
+    try:
+        with (
+            tarfile.open(archive, "r:gz") as tar,
+            tqdm(desc=f"unpacking {archive.name}", unit=" files", disable=not progress) as bar,
+        ):
+            for member in tar:
+                _check_member(archive, member)
+                if hasattr(tarfile, "data_filter"):
+                    tar.extract(member, staging, filter="data")
+                elif member.isfile() or member.isdir():
+                    tar.extract(member, staging)
+                bar.update(1)
+    except _FILTER_ERRORS as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError(
+            f"{archive} holds an unsafe member ({oneline(exc)}): refusing to unpack it; "
+            f"unpack a trusted copy yourself and pass the folder"
+        ) from exc
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if _disk_problem(exc):
+            raise DataError(
+                f"cannot unpack {archive} into {target.parent} ({oneline(exc)}): free space "
+                "there or pass --cache-dir to another folder"
+            ) from exc
+        raise DataError(
+            f"cannot unpack {archive} ({oneline(exc)}): the archive is damaged or not a "
+            f".tar.gz; get a fresh copy"
+        ) from exc
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError(
+            f"cannot unpack {archive} ({oneline(exc)}): the archive is damaged or not a "
+            f".tar.gz; get a fresh copy"
+        ) from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        os.replace(staging, target)
+    except OSError:
+        # Another process finished first: keep its copy.
+        shutil.rmtree(staging, ignore_errors=True)
+        if not target.is_dir():
+            raise
+    return target
+
+
+def _disk_problem(exc: BaseException) -> bool:
+    """An OSError of the disk being written (full, over quota, read-only, not permitted)."""
+    return isinstance(exc, OSError) and exc.errno in (
+        errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+    )  # fmt: skip
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Delete half-unpacked copies of ``target`` left by processes that died (``kill -9``).
+
+    Each is named ``<target>.partial-<pid>-*``; one whose process still runs is kept.
+    """
+    for partial in target.parent.glob(f"{target.name}.partial-*"):
+        pid = partial.name[len(target.name) + len(".partial-") :].split("-", 1)[0]
+        if not pid.isdigit() or process_alive(int(pid)):
+            continue
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
+    """DataError for a member with an absolute path, a drive letter or a ``..`` part."""
+    name = member.name.replace("\\", "/")
+    if name.startswith("/") or ".." in name.split("/") or (len(name) > 1 and name[1] == ":"):
+        raise DataError(
+            f"{archive} holds an unsafe path {member.name!r} (absolute or with '..'): refusing "
+            f"to unpack it; unpack a trusted copy yourself and pass the folder"
+        )
+
+
+def _make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new, empty staging folder in parent (the cache folder, which must be writable)."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    except OSError as exc:
+        raise DataError(
+            f"cannot write to cache folder {parent} ({oneline(exc)}): pass --cache-dir (or set "
+            f"CIFAR_RESNET_CACHE) to a writable folder"
+        ) from exc
