@@ -16,7 +16,7 @@ image, flipped along the width axis (the last axis of NCHW), the same flip as th
 augmentation; CIFAR-10's classes look the same mirrored. A left-right symmetric image is its
 own mirror image, so TTA leaves its prediction unchanged.
 
-``evaluate_model`` runs the training loop's own un-augmented path (``train.predict_logits``)
+``evaluate_model`` runs the training loop's own un-augmented path (``evaluation.predict_logits``)
 with the checkpoint's saved mean/std (never recomputed) and eval batch size, so for a run
 trained on the CPU its accuracy on the CPU is exactly the ``test_acc`` the run recorded. A
 CUDA run is best evaluated on CUDA (same bf16 autocast); as cuDNN may pick other kernels from
