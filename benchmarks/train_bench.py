@@ -93,6 +93,19 @@ def _record(
     return write_result(result, slug(name), results)
 
 
+_RUN_KEYS = ("test_acc", "test_loss", "test_acc_per_epoch", "train_seconds",
+             "images_per_second", "lr_source", "max_lr", "min_lr", "lr_finder", "config",
+             "epochs", "final")  # fmt: skip
+
+
+def _recorded_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs of a results file, each with the file, machine and conditions it came from."""
+    result = json.loads(path.read_text())
+    runs = result.get("runs") or [{k: result[k] for k in _RUN_KEYS if k in result}]
+    source = {k: result.get(k) for k in ("machine", "conditions")}
+    return [{**run, "recorded_in": path.name, **source} for run in runs]
+
+
 def _folder_record(run: Path) -> dict[str, Any]:
     """The record of a finished run folder written by ``cifar-resnet train``."""
     final = json.loads((run / "final.json").read_text())
@@ -141,11 +154,17 @@ def main(argv: list[str] | None = None) -> dict:
         "--conditions",
         help="with --from-run: how the run was made (threads, other load), recorded as given",
     )
+    parser.add_argument(
+        "--with-results", nargs="+", metavar="JSON", default=[],
+        help="with --from-run: results files of earlier seeds of the same runs (another "
+        "session's, another machine's); their runs join the spread, each with its machine",
+    )  # fmt: skip
     parser.add_argument("--results-dir", default=str(RESULTS))
     add_config_flags(parser)
     args = parser.parse_args(argv)
     if args.from_run:
         runs = [_folder_record(Path(run)) for run in args.from_run]
+        runs += [run for path in args.with_results for run in _recorded_runs(Path(path))]
         command = _equivalent_command(runs[0]["config"])
         conditions = args.conditions or "recorded from run folders; conditions not stated"
     else:
