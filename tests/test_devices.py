@@ -324,15 +324,16 @@ def _train_args(pickle_dir: Path, out: Path) -> list[str]:
             "--max-lr", "2e-3", "--quiet"]  # fmt: skip
 
 
+def _device_mismatch(*args, **kwargs):
+    raise RuntimeError("Expected all tensors to be on the same device")  # as on a CUDA machine
+
+
 def test_an_unexpected_error_after_the_last_checkpoint_says_the_run_is_saved(
     pickle_dir, tmp_path, capsys, monkeypatch
 ):
     from cifar_resnet.training import fit as train
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("Expected all tensors to be on the same device")
-
-    monkeypatch.setattr(train, "_summary", broken)
+    monkeypatch.setattr(train, "_summary", _device_mismatch)
     out = tmp_path / "run"
     code, _, err = run_cli([*_train_args(pickle_dir, out), "--no-report"], capsys)
     _assert_one_line_error(
@@ -347,10 +348,7 @@ def test_an_unexpected_error_after_the_last_checkpoint_says_the_run_is_saved(
 def test_an_unexpected_error_in_the_report_keeps_the_run_and_says_how_to_build_it(
     pickle_dir, tmp_path, capsys, monkeypatch
 ):
-    def broken(*args, **kwargs):
-        raise RuntimeError("Expected all tensors to be on the same device")
-
-    monkeypatch.setattr(report, "build_report", broken)
+    monkeypatch.setattr(report, "build_report", _device_mismatch)
     out = tmp_path / "run"
     code, stdout, err = run_cli(_train_args(pickle_dir, out), capsys)
     _assert_one_line_error(

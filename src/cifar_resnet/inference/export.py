@@ -9,7 +9,7 @@ Both formats hold the same network, ``NormalizedClassifier``:
 
 Float input in [0, 1] rather than uint8 is the convention most image pipelines already produce
 (e.g. torchvision's ``ToTensor``). Images of another size must be brought to 32x32 first, as
-``inference.load_image`` does.
+``inference.predict.load_image`` does.
 
 Metadata stored with the file (``read_metadata`` reads it back from either format), every value
 a string: ``classes``, ``mean``, ``std`` (JSON lists), ``normalization``, ``input``, ``output``,
