@@ -90,14 +90,14 @@ class Progress:
     """How far a run has come: its finished epochs, every step's LR, the seconds trained,
     and where an interrupted epoch stands."""
 
-    done: int = 0  # epochs finished
+    epochs_done: int = 0
     epochs: list[dict[str, Any]] = field(default_factory=list)  # EpochMetrics dicts
     step_lrs: list[float] = field(default_factory=list)
     train_seconds: float = 0.0
     epoch_state: EpochState | None = None
 
     def add(self, metrics: EpochMetrics, result: EpochResult) -> None:
-        self.done = metrics.epoch
+        self.epochs_done = metrics.epoch
         self.epochs.append(metrics.to_dict())
         self.step_lrs += result.lrs
         self.train_seconds += result.seconds
@@ -149,29 +149,29 @@ def _fit(
     lrs = resolve_lrs(config, s, resume, dist, callbacks.progress)
     config = config.replace(max_lr=lrs.max_lr, min_lr=lrs.min_lr)
     step = _stepper(s, config, dist)
-    done = Progress() if resume is None else _restore(resume, s, step, config, dist)
+    so_far = Progress() if resume is None else _restore(resume, s, step, config, dist)
     spe = steps_per_epoch(len(s.train), config.batch_size, bool(config.drop_last))
     with RunLog(folder, config, callbacks, spe, resume) as log:
         log.start(config, lrs, resume)
         t0 = time.perf_counter()
         with stop_on_signals(folder is not None or dist.enabled) as received:
-            for epoch in range(done.done + 1, config.epochs + 1):
+            for epoch in range(so_far.epochs_done + 1, config.epochs + 1):
                 try:
-                    result = _train_epoch(s, step, config, dist, done, epoch, received, log)
+                    result = _train_epoch(s, step, config, dist, so_far, epoch, received, log)
                 except EpochInterrupted as stop:
-                    log.checkpoint(_checkpoint(s, step, config, lrs, done, dist, stop.state))
+                    log.checkpoint(_checkpoint(s, step, config, lrs, so_far, dist, stop.state))
                     signum = received[0] if received else signal.SIGTERM
                     raise TrainingInterrupted(signum, epoch, stop.state.step) from None
                 metrics = _evaluate_epoch(s, step, config, dist, epoch, result)
-                done.add(metrics, result)
-                log.epoch(metrics, _checkpoint(s, step, config, lrs, done, dist))
+                so_far.add(metrics, result)
+                log.epoch(metrics, _checkpoint(s, step, config, lrs, so_far, dist))
                 if received and epoch < config.epochs:
                     raise TrainingInterrupted(received[0], epoch + 1, 0)
-        summary = _summary(s, step, config, lrs, done, dist, time.perf_counter() - t0, resume)
+        summary = _summary(s, step, config, lrs, so_far, dist, time.perf_counter() - t0, resume)
         model = step.evaluated(s.model)
         final = log.finish(summary, config, lambda: final_figures(
             model, s.test, list(s.data.classes), s.runtime, config.eval_batch_size))  # fmt: skip
-    return History(config, done.epochs, done.step_lrs, final, lrs.finder, model)
+    return History(config, so_far.epochs, so_far.step_lrs, final, lrs.finder, model)
 
 
 def check_devices(config: TrainConfig) -> None:
@@ -259,14 +259,14 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> 
 
 
 def _train_epoch(
-    s: Setup, step: Stepper, config: TrainConfig, dist: Dist, done: Progress, epoch: int,
+    s: Setup, step: Stepper, config: TrainConfig, dist: Dist, so_far: Progress, epoch: int,
     received: list[int], log: RunLog,
 ) -> EpochResult:  # fmt: skip
     """Train one epoch (or the rest of an interrupted one)."""
-    state = done.epoch_state or EpochState(
+    state = so_far.epoch_state or EpochState(
         torch.randperm(len(s.train), generator=s.generator, device=s.runtime.device)
     )
-    done.epoch_state = None
+    so_far.epoch_state = None
     batches = train_batches(
         s.train, config, s.runtime, s.generator, order=state.order, start_step=state.step,
         dist=dist, aug_generator=step.aug_generator,
@@ -307,21 +307,21 @@ def _evaluate_epoch(
 
 
 def _checkpoint(
-    s: Setup, step: Stepper, config: TrainConfig, lrs: LRs, done: Progress, dist: Dist,
+    s: Setup, step: Stepper, config: TrainConfig, lrs: LRs, so_far: Progress, dist: Dist,
     epoch_state: EpochState | None = None,
 ) -> TrainState:  # fmt: skip
-    """The run as it stands after ``done.done`` epochs (and ``epoch_state``'s steps).
+    """The run as it stands after ``so_far.epochs_done`` epochs (and ``epoch_state``'s steps).
 
     Every rank calls it: it gathers their random states.
     """
     rngs = dist.gather_objects(capture_rng(s.generator, step.aug_generator))
     return TrainState(
         model=s.model.state_dict(), config=config.to_dict(), classes=list(s.data.classes),
-        mean=s.train.mean.cpu(), std=s.train.std.cpu(), epoch=done.done,
+        mean=s.train.mean.cpu(), std=s.train.std.cpu(), epoch=so_far.epochs_done,
         optimizer=s.optimizer.state_dict(), scheduler=step.scheduler.state_dict(),
         epoch_state=None if epoch_state is None else epoch_state.to_dict(),
-        lr_source=lrs.source, metrics=done.epochs, step_lrs=done.step_lrs,
-        train_seconds=done.train_seconds, rng=rngs[0],
+        lr_source=lrs.source, metrics=so_far.epochs, step_lrs=so_far.step_lrs,
+        train_seconds=so_far.train_seconds, rng=rngs[0],
         rng_ranks=rngs if dist.enabled else None,
         ema=None if step.ema is None else step.ema.state_dict(),
         scaler=step.scaler.state_dict() or None,
@@ -329,17 +329,17 @@ def _checkpoint(
 
 
 def _summary(
-    s: Setup, step: Stepper, config: TrainConfig, lrs: LRs, done: Progress, dist: Dist,
+    s: Setup, step: Stepper, config: TrainConfig, lrs: LRs, so_far: Progress, dist: Dist,
     total_seconds: float, resume: TrainState | None,
 ) -> RunSummary:  # fmt: skip
     """What the finished run measured (final.json adds its settings)."""
-    last = EpochMetrics.from_dict(done.epochs[-1])
+    last = EpochMetrics.from_dict(so_far.epochs[-1])
     images = epoch_images(len(s.train), config.batch_size, bool(config.drop_last))
     return RunSummary(
         test_acc=last.test_acc, test_loss=last.test_loss, train_acc=last.train_acc,
-        train_loss=last.train_loss, train_seconds=done.train_seconds,
+        train_loss=last.train_loss, train_seconds=so_far.train_seconds,
         total_seconds=total_seconds,
-        images_per_second=images * config.epochs / done.train_seconds,
+        images_per_second=images * config.epochs / so_far.train_seconds,
         train_images=len(s.train), test_images=len(s.test), device=s.runtime.describe(),
         precision=s.runtime.precision, processes=dist.world,
         compile_seconds=step.compile_seconds, torch=torch.__version__,
