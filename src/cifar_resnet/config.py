@@ -65,12 +65,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "logit_scale": 1.0,
         "tta": False,
     },
-    # David Page's DAWNBench recipe for the same network (davidcpage/cifar10-fast): SGD
-    # with Nesterov momentum 0.9, LR 0 -> 0.4 -> 0 (linear, peak at epoch 5) on a mean
-    # loss, which is his 0.4 / 512 on a summed loss; weight decay 5e-4 (his 5e-4 x 512 on
-    # the summed loss, the same step); label smoothing 0.2; a bias-free head whose logits
-    # are scaled by 0.125; flip TTA at evaluation; random crops padded by reflection; the
-    # epoch's last, partial batch skipped.
+    # David Page's training of the same network (davidcpage/cifar10-fast). From his
+    # DAWNBench run (dawn.py): SGD with Nesterov momentum 0.9, LR 0 -> 0.4 -> 0 (linear,
+    # peak at epoch 5) on a mean loss, which is his 0.4 / 512 on a summed loss; weight decay
+    # 5e-4 (his 5e-4 x 512 on the summed loss, the same step); a bias-free head whose logits
+    # are scaled by 0.125; random crops padded by reflection; the epoch's last, partial
+    # batch skipped. From his later notebooks, not the DAWNBench run: label smoothing 0.2
+    # and flip TTA at evaluation.
     "page": {
         "optimizer": "sgd",
         "crop_pad_mode": "reflect",
