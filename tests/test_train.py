@@ -421,6 +421,27 @@ def test_the_ema_is_the_decayed_average_of_every_steps_weights(synthetic):
     assert not torch.equal(averaged["layer1.conv.0.weight"], last)  # an average, not the last
 
 
+def test_the_ema_follows_recent_weights_first_then_decays_at_its_rate():
+    """e_1 = w_1, then e = d e + (1 - d) w with d = min(decay, (1 + n) / (10 + n)), n the
+    updates before: a short run's average is of its recent weights, not its random start."""
+    from cifar_resnet.training.setup import build_ema
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    ema = build_ema(model, TrainConfig(ema_decay=0.9))
+    expected = None
+    for n in range(120):
+        with torch.no_grad():
+            model.weight.add_(torch.randn_like(model.weight))
+        ema.update_parameters(model)
+        w = model.weight.detach().clone()
+        d = min(0.9, (1 + n) / (10 + n))  # n: the updates before this one
+        expected = w if expected is None else d * expected + (1 - d) * w
+        torch.testing.assert_close(ema.module.weight, expected, rtol=1e-5, atol=1e-6)
+    assert d == 0.9  # reached once (1 + n) / (10 + n) passes the decay
+    assert build_ema(model, TrainConfig(ema_decay=0.0)) is None
+
+
 def test_an_ema_run_evaluates_and_saves_the_averaged_weights(synthetic, tmp_path):
     from cifar_resnet.records.checkpoint import load_checkpoint, model_from_checkpoint
 

@@ -219,7 +219,7 @@ class TrainConfig:
     ema_decay: float = _optimisation(
         0.0,
         "evaluate and save an exponential moving average of the weights, updated every step "
-        "with this decay (0: off)",
+        "with this decay, or (1 + n) / (10 + n) after n updates while that is lower (0: off)",
         bounds=(0, 1, "[)"),
     )
     tta: bool | None = _run(

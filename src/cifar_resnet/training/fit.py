@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from ..config import TrainConfig
 from ..data.load import Cifar10
@@ -52,7 +52,16 @@ from .lifecycle import (
     stop_on_signals,
 )
 from .run_log import RunLog, check_tensorboard, final_figures
-from .setup import LRs, Setup, build_criterion, build_scheduler, resolve_lrs, setup_training, wrap
+from .setup import (
+    LRs,
+    Setup,
+    build_criterion,
+    build_ema,
+    build_scheduler,
+    resolve_lrs,
+    setup_training,
+    wrap,
+)
 
 
 @dataclass
@@ -213,12 +222,8 @@ def _stepper(s: Setup, config: TrainConfig, dist: Dist) -> Stepper:
         aug_generator.manual_seed(config.seed + 1 + dist.rank)
     net, compile_seconds = wrap(s, config, criterion, dist, aug_generator)
     scheduler = build_scheduler(s.optimizer, config, len(s.train))
-    ema = None
-    if config.ema_decay > 0:
-        average = get_ema_multi_avg_fn(config.ema_decay)
-        ema = AveragedModel(s.model, multi_avg_fn=average, use_buffers=True)
-    return Stepper(net, criterion, scheduler, ema, s.runtime.grad_scaler(), aug_generator,
-                   compile_seconds)  # fmt: skip
+    return Stepper(net, criterion, scheduler, build_ema(s.model, config),
+                   s.runtime.grad_scaler(), aug_generator, compile_seconds)  # fmt: skip
 
 
 def _restore(

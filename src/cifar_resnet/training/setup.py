@@ -9,11 +9,13 @@ gives LRMAX and LRMIN (saved, found by the range test, or given); ``wrap`` puts 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from ..config import PRECISIONS, TrainConfig
@@ -67,6 +69,36 @@ def build_scheduler(
 def build_criterion(config: TrainConfig) -> nn.Module:
     """The training loss: cross-entropy with the config's label smoothing (mean over the batch)."""
     return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+
+def ema_update(decay: float) -> Callable[[list, list, torch.Tensor], None]:
+    """The EMA step for ``AveragedModel``: e = d e + (1 - d) w, with the decay held at
+    d = (1 + n) / (10 + n) while that is below ``decay`` (n: updates so far).
+
+    The warm-up is TensorFlow's ``num_updates`` rule. Without it, a run of a few dozen steps
+    would keep an average still close to its random start; with it the average follows the
+    recent weights early on, and from about 100 / (1 - decay) steps on it is the plain EMA
+    (in 24 epochs of 98 steps at decay 0.99 the first 900 steps carry a weight of 1e-6).
+    """
+
+    @torch.no_grad()
+    def update(averaged: list, current: list, num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:  # BatchNorm's batch counts
+            for a, w in zip(averaged, current, strict=True):
+                a.copy_(a * d + w * (1 - d))
+
+    return update
+
+
+def build_ema(model: nn.Module, config: TrainConfig) -> AveragedModel | None:
+    """The EMA of ``model``'s weights and BatchNorm buffers, with ``config.ema_decay``."""
+    if not config.ema_decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True)
 
 
 class Setup(NamedTuple):
