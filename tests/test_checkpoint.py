@@ -15,8 +15,14 @@ from cifar_resnet.training.fit import fit
 @pytest.fixture(scope="module")
 def run(synthetic, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    config = TrainConfig(
-        width=0.25, epochs=1, peak_epoch=1, batch_size=100, max_lr=2e-3, device="cpu"
+    config = TrainConfig(  # the raw weights are the model: no EMA to tell apart from them
+        width=0.25,
+        epochs=1,
+        peak_epoch=1,
+        batch_size=100,
+        max_lr=2e-3,
+        ema_decay=0.0,
+        device="cpu",
     )
     fit(config, synthetic, run=RunFolder(out), progress=False)
     return out

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_RUN, run_cli
 
 from cifar_resnet import TrainConfig, fit
-from cifar_resnet.config import RECIPES
+from cifar_resnet.config import RECIPES, SPEC_EMA_DECAY
 from cifar_resnet.config_file import format_config, read_config_file
 from cifar_resnet.records.checkpoint import load_checkpoint
 from cifar_resnet.records.run_folder import RunFolder
@@ -192,6 +192,16 @@ def test_a_run_folder_saved_before_the_pipeline_options_repeats_what_it_trained(
     path.write_text(json.dumps({"recipe": "page"}))  # a settings file of one's own: Page's
     config = TrainConfig(**read_config_file(path))
     assert (config.crop_pad_mode, config.drop_last) == ("reflect", True)
+
+
+def test_a_spec_run_saved_before_the_ema_default_repeats_what_it_trained(tmp_path):
+    path = tmp_path / "config.json"
+    older = {**TrainConfig().to_dict(), "lr_source": "found"}
+    del older["ema_decay"]  # spec runs then evaluated the raw weights
+    path.write_text(json.dumps(older))
+    assert TrainConfig(**read_config_file(path)).ema_decay == 0.0
+    path.write_text(json.dumps({"recipe": "spec", "width": 0.5}))  # one's own file: today's spec
+    assert TrainConfig(**read_config_file(path)).ema_decay == SPEC_EMA_DECAY
 
 
 @pytest.mark.parametrize(

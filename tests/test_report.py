@@ -90,8 +90,15 @@ def _decode(uri: str) -> Image.Image:
 def run_dir(tmp_path_factory, synthetic) -> Path:
     """A real 1-epoch run whose LRs the range test chose (so lr_finder.json exists)."""
     out = tmp_path_factory.mktemp("report") / "run"
-    config = TrainConfig(
-        width=0.25, epochs=1, peak_epoch=1, batch_size=100, finder_num_iter=12, device="cpu"
+    config = TrainConfig(  # plain weights and loss: one epoch leaves a full gallery of mistakes
+        width=0.25,
+        epochs=1,
+        peak_epoch=1,
+        batch_size=100,
+        finder_num_iter=12,
+        ema_decay=0.0,
+        label_smoothing=0.0,
+        device="cpu",
     )
     fit(config, synthetic, run=RunFolder(out), progress=False)
     return out
