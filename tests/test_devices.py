@@ -316,6 +316,22 @@ def test_one_named_gpu_for_several_torchrun_processes_is_a_one_line_error(
     assert not (out / "checkpoints" / "last.pt").exists()
 
 
+# 6. The EMA of the weights on a GPU: no read-back per step, nothing on the host broadcast ---
+
+
+def test_the_ema_of_a_model_on_a_gpu_updates_without_reading_anything_back():
+    """A model on ``meta`` stands in for one on a GPU: nothing can be read back from it, as
+    reading back from a GPU would wait for it. The EMA's update count stays on the host."""
+    from cifar_resnet.training.setup import build_ema
+
+    model = CustomResNet(width=0.25).to("meta")
+    ema = build_ema(model, TINY.replace(ema_decay=0.99))
+    for _ in range(3):
+        ema.update_parameters(model)
+    assert {t.device.type for t in ema.module.state_dict().values()} == {"meta"}
+    assert ema.n_averaged.device.type == "cpu" and int(ema.n_averaged) == 3
+
+
 # 7. An unexpected exception: one line that says what is saved ------------------------------
 
 

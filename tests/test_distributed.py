@@ -53,9 +53,19 @@ def _worker(rank: int, world: int, port: int, data, out: str, ema_decay: float =
     from cifar_resnet.training.fit import fit
 
     _as_rank(rank, world, port)
+    sent = []  # the dtype and shape of every tensor broadcast
+    broadcast = torch.distributed.broadcast
+    torch.distributed.broadcast = lambda t, *a, **k: (
+        sent.append((t.dtype, t.shape)) or broadcast(t, *a, **k)
+    )
     history = fit(CONFIG.replace(ema_decay=ema_decay), data, progress=False)
     torch.save(
-        {"model": history.model.state_dict(), "final": history.final, "epochs": history.epochs},
+        {
+            "model": history.model.state_dict(),
+            "final": history.final,
+            "epochs": history.epochs,
+            "sent": sent,
+        },
         f"{out}/rank{rank}.pt",
     )
 
@@ -86,6 +96,13 @@ def test_two_gloo_processes_train_identical_weights_and_report_the_true_accuracy
     assert r0["final"]["processes"] == 2
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert drop(r0["epochs"]) == drop(r1["epochs"])  # metrics are reduced across ranks
+    # Each epoch sends the BatchNorm buffers of the model, and of the EMA if there is one;
+    # not the EMA's update count, which stays on the host (NCCL sends only CUDA tensors).
+    buffers = [
+        (t.dtype, t.shape) for k, t in r0["model"].items() if "running" in k or "batches" in k
+    ]
+    sent = [b for b in r0["sent"] if b[0] != torch.float64]  # rank 0's LRs and precision aside
+    assert sent == buffers * CONFIG.epochs * (2 if ema_decay else 1)
 
     # The reported test accuracy is that of the final model, evaluated in one process.
     runtime = resolve_runtime("cpu", CONFIG.precision)

@@ -299,7 +299,7 @@ def _evaluate_epoch(
     # reported accuracy is the saved model's.
     dist.broadcast_buffers(s.model)
     if step.ema is not None:
-        dist.broadcast_buffers(step.ema)
+        dist.broadcast_buffers(step.ema.module)  # not its update count, the same everywhere
     ev = evaluate(
         step.evaluated(s.model), s.test, s.runtime,
         batch_size=config.eval_batch_size, dist=dist, tta=bool(config.tta),

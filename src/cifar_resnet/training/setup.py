@@ -71,19 +71,24 @@ def build_criterion(config: TrainConfig) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
 
-def ema_update(decay: float) -> Callable[[list, list, torch.Tensor], None]:
+def ema_update(
+    decay: float, updates_so_far: Callable[[], int]
+) -> Callable[[list, list, object], None]:
     """The EMA step for ``AveragedModel``: e = d e + (1 - d) w, with the decay held at
-    d = (1 + n) / (10 + n) while that is below ``decay`` (n: updates so far).
+    d = (1 + n) / (10 + n) while that is below ``decay`` (n = ``updates_so_far()``).
 
     The warm-up is TensorFlow's ``num_updates`` rule. Without it, a run of a few dozen steps
     would keep an average still close to its random start; with it the average follows the
     recent weights early on, and from about 100 / (1 - decay) steps on it is the plain EMA
     (in 24 epochs of 98 steps at decay 0.99 the first 900 steps carry a weight of 1e-6).
+
+    n is read from the host: ``AveragedModel`` hands the step a copy of its count on the
+    weights' device, and reading that back would wait for the GPU at every step.
     """
 
     @torch.no_grad()
-    def update(averaged: list, current: list, num_averaged: torch.Tensor) -> None:
-        n = float(num_averaged)
+    def update(averaged: list, current: list, _count_on_device: object) -> None:
+        n = updates_so_far()
         d = min(decay, (1 + n) / (10 + n))
         if averaged[0].is_floating_point():
             torch._foreach_lerp_(averaged, current, 1 - d)
@@ -95,10 +100,18 @@ def ema_update(decay: float) -> Callable[[list, list, torch.Tensor], None]:
 
 
 def build_ema(model: nn.Module, config: TrainConfig) -> AveragedModel | None:
-    """The EMA of ``model``'s weights and BatchNorm buffers, with ``config.ema_decay``."""
+    """The EMA of ``model``'s weights and BatchNorm buffers, with ``config.ema_decay``.
+
+    Its averaged copy (``.module``) sits on ``model``'s device; its update count stays on
+    the CPU, so that no step reads a number back from a GPU, and it is not among the
+    buffers a distributed run broadcasts (NCCL sends only CUDA tensors).
+    """
     if not config.ema_decay:
         return None
-    return AveragedModel(model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True)
+    ema = AveragedModel(model, use_buffers=True)
+    ema.n_averaged = torch.zeros((), dtype=torch.long, device="cpu")  # whatever the default device
+    ema.multi_avg_fn = ema_update(config.ema_decay, lambda: int(ema.n_averaged))
+    return ema
 
 
 class Setup(NamedTuple):
