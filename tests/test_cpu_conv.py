@@ -149,6 +149,8 @@ def test_plain_convolution_everywhere_else():
         assert cpu_conv._gemm_path(biased, xb) is None
 
 
+# TorchScript is an export format here; torch marks it deprecated.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_it_is_an_nn_conv2d_with_the_same_state_dict():
     conv = Conv3x3(3, 8)
     plain = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)

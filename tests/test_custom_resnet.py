@@ -87,6 +87,8 @@ def test_pages_head_has_no_bias_and_scales_the_logits_by_an_eighth():
         CustomResNet(logit_scale=0.0)
 
 
+# TorchScript is an export format here; torch marks it deprecated.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_pages_pooling_order_pools_after_batchnorm_and_relu():
     torch.manual_seed(0)
     spec = CustomResNet(width=0.25)
