@@ -10,7 +10,9 @@ With ``--seeds``, one run per seed (the data loaded once) and the mean, sample
 standard deviation, minimum and maximum of test accuracy and training seconds.
 ``--from-run`` records run folders written by ``cifar-resnet train`` (the same
 ``fit``), for runs too long to repeat inside this script; several folders (one per
-seed) are recorded with their spread as ``--seeds`` would be.
+seed) are recorded with their spread as ``--seeds`` would be. ``--with-results``
+adds the runs of earlier results files, given as paths or by their names in
+``--results-dir``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from results_file import RESULTS, slug, write_result
@@ -98,6 +100,31 @@ _RUN_KEYS = ("test_acc", "test_loss", "test_acc_per_epoch", "train_seconds",
              "epochs", "final")  # fmt: skip
 
 
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit code 2, as the CLI does for bad input."""
+    print(f"train_bench: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _results_file(name: str, results_dir: Path) -> Path:
+    """A results file given as a path, or by its name in the results folder."""
+    for path in (Path(name), results_dir / name):
+        if path.is_file():
+            return path
+    _fail(f"--with-results: no results file {name} (nor {results_dir / name}); give its path")
+
+
+def _finished_run(folder: str) -> Path:
+    """A run folder with its final.json, or a one-line error saying how to finish it."""
+    run = Path(folder)
+    if not (run / "final.json").is_file():
+        _fail(
+            f"--from-run: {run} is not a finished run (no final.json); "
+            f"finish it with cifar-resnet train --resume {run}"
+        )
+    return run
+
+
 def _recorded_runs(path: Path) -> list[dict[str, Any]]:
     """The runs of a results file, each with the file, machine and conditions it came from."""
     result = json.loads(path.read_text())
@@ -163,8 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
     add_config_flags(parser)
     args = parser.parse_args(argv)
     if args.from_run:
-        runs = [_folder_record(Path(run)) for run in args.from_run]
-        runs += [run for path in args.with_results for run in _recorded_runs(Path(path))]
+        finished = [_finished_run(run) for run in args.from_run]
+        earlier = [_results_file(name, Path(args.results_dir)) for name in args.with_results]
+        runs = [_folder_record(run) for run in finished]
+        runs += [run for path in earlier for run in _recorded_runs(path)]
         command = _equivalent_command(runs[0]["config"])
         conditions = args.conditions or "recorded from run folders; conditions not stated"
     else:

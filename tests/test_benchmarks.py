@@ -118,6 +118,36 @@ def test_train_bench_records_each_seed_and_their_spread(data_dir, tmp_path):
     )  # fmt: skip
     assert again["seeds"] == [0, 1] and again["test_acc"] == result["test_acc"]
     assert [r["final"] for r in again["runs"]] == [r["final"] for r in result["runs"]]
+    # a seed recorded later joins an earlier file, named as it is in the results folder
+    bench, alone = _script("train_bench"), tmp_path / "alone"
+    bench.main(["--name", "tiny", "--from-run", str(tmp_path / "run-seed0"),
+                "--results-dir", str(alone)])  # fmt: skip
+    (earlier,) = alone.glob("*.json")
+    joined = bench.main(
+        ["--name", "tiny", "--from-run", str(tmp_path / "run-seed1"),
+         "--with-results", earlier.name, "--results-dir", str(alone)]
+    )  # fmt: skip
+    assert joined["seeds"] == [1, 0] and joined["runs"][1]["recorded_in"] == earlier.name
+    assert joined["test_acc"]["mean"] == pytest.approx(result["test_acc"]["mean"])
+
+
+@pytest.mark.parametrize("mistake", ["unfinished run", "missing results file"])
+def test_train_bench_refuses_what_it_cannot_record_in_one_line(tmp_path, capsys, mistake):
+    run, results = tmp_path / "run", tmp_path / "results"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")  # started, not finished: no final.json
+    if mistake == "missing results file":
+        (run / "final.json").write_text("{}")
+    with pytest.raises(SystemExit) as stop:
+        _script("train_bench").main(
+            ["--name", "x", "--from-run", str(run), "--with-results", "2026-01-01-cpu-x.json",
+             "--results-dir", str(results)]
+        )  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert ("--resume" in err) if mistake == "unfinished run" else ("2026-01-01-cpu-x.json" in err)
+    assert not results.exists()
 
 
 def test_every_result_names_the_machine_it_was_measured_on(tmp_path):
