@@ -25,15 +25,13 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import torch
 from PIL import Image
-from results_file import RESULTS, write_result
+from results_file import RESULTS, fail, write_result
 from tqdm import tqdm
 
 from cifar_resnet.data.load import load_cifar10
@@ -78,12 +76,6 @@ def write_split(
     return psnr(source, out)
 
 
-def _fail(message: str) -> NoReturn:
-    """One line on stderr and exit code 2, as the CLI does for bad input."""
-    print(f"jpeg_round_trip: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True, help="the CIFAR-10 to copy")
@@ -96,11 +88,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.exists():
-        _fail(f"{out} exists: give a folder that does not exist yet (nothing was written)")
+        fail(
+            "jpeg_round_trip",
+            f"{out} exists: give a folder that does not exist yet (nothing was written)",
+        )
     if not 1 <= args.quality <= 95:
-        _fail(f"--quality must be in 1..95, got {args.quality}")
+        fail("jpeg_round_trip", f"--quality must be in 1..95, got {args.quality}")
     if not 0 <= args.offset <= 15:
-        _fail(f"--offset must be in 0..15, got {args.offset}")
+        fail("jpeg_round_trip", f"--offset must be in 0..15, got {args.offset}")
     data = load_cifar10(args.data_dir, progress=True)
     t0 = time.perf_counter()
     kw = {"quality": args.quality, "offset": args.offset}

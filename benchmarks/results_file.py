@@ -1,4 +1,7 @@
-"""Where the benchmark scripts record their figures: results/<date>-<device>-<what>.json."""
+"""Where the benchmark scripts record their figures: results/<date>-<device>-<what>.json.
+
+Also how they refuse bad input (``fail``), one line and exit code 2 as the CLI does.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,17 @@ import json
 import os
 import platform
 import re
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def fail(script: str, message: str) -> NoReturn:
+    """One line on stderr, ``<script>: <message>``, and exit code 2, as the CLI does."""
+    print(f"{script}: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def slug(text: str) -> str:

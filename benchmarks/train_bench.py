@@ -25,10 +25,10 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
-from results_file import RESULTS, slug, write_result
+from results_file import RESULTS, fail, slug, write_result
 
 from cifar_resnet.cli import add_config_flags, config_from_args
 from cifar_resnet.data.load import load_cifar10
@@ -100,27 +100,25 @@ _RUN_KEYS = ("test_acc", "test_loss", "test_acc_per_epoch", "train_seconds",
              "epochs", "final")  # fmt: skip
 
 
-def _fail(message: str) -> NoReturn:
-    """One line on stderr and exit code 2, as the CLI does for bad input."""
-    print(f"train_bench: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def _results_file(name: str, results_dir: Path) -> Path:
     """A results file given as a path, or by its name in the results folder."""
     for path in (Path(name), results_dir / name):
         if path.is_file():
             return path
-    _fail(f"--with-results: no results file {name} (nor {results_dir / name}); give its path")
+    fail(
+        "train_bench",
+        f"--with-results: no results file {name} (nor {results_dir / name}); give its path",
+    )
 
 
 def _finished_run(folder: str) -> Path:
     """A run folder with its final.json, or a one-line error saying how to finish it."""
     run = Path(folder)
     if not (run / "final.json").is_file():
-        _fail(
+        fail(
+            "train_bench",
             f"--from-run: {run} is not a finished run (no final.json); "
-            f"finish it with cifar-resnet train --resume {run}"
+            f"finish it with cifar-resnet train --resume {run}",
         )
     return run
 
