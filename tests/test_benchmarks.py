@@ -280,3 +280,43 @@ def test_jpeg_round_trip_refuses_a_folder_that_exists(data_dir, tmp_path, capsys
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "earlier work"
     assert not (tmp_path / "r").exists()
+
+
+def test_psnr_between_measures_a_later_generation_against_an_earlier_one(data_dir, tmp_path):
+    trip, between = _script("jpeg_round_trip"), _script("psnr_between")
+    first, second = tmp_path / "first", tmp_path / "second"
+    trip.main(["--data-dir", str(data_dir), "--out", str(first), "--results-dir", str(tmp_path)])
+    made = trip.main(
+        ["--data-dir", str(first), "--out", str(second), "--offset", "3"]
+        + ["--results-dir", str(tmp_path / "trip")]
+    )
+    result = between.main(
+        ["--data-dir", str(second), "--reference", str(first)]
+        + ["--results-dir", str(tmp_path / "between")]
+    )
+    assert _only_file(tmp_path / "between") == result
+    # the same images in the same order: the figure is the one the copy recorded when written
+    for split in ("train", "test"):
+        assert result["psnr_db"][split] == pytest.approx(made["psnr_db"][split], abs=1e-3)
+        assert result["psnr_db"][split] == pytest.approx(
+            between.psnr_from_mse(result["mse"][split]), abs=1e-3
+        )
+    assert between.psnr_from_mse(0.0) == float("inf")
+    assert between.psnr_from_mse(255.0**2) == 0.0
+
+
+def test_psnr_between_refuses_copies_whose_images_are_not_in_one_order(data_dir, tmp_path, capsys):
+    trip, between = _script("jpeg_round_trip"), _script("psnr_between")
+    copy = tmp_path / "copy"
+    trip.main(["--data-dir", str(data_dir), "--out", str(copy), "--results-dir", str(tmp_path)])
+    capsys.readouterr()  # the copy's progress bars
+    # the pickles hold the images shuffled; the copy's folders are read class by class
+    with pytest.raises(SystemExit) as stop:
+        between.main(
+            ["--data-dir", str(copy), "--reference", str(data_dir)]
+            + ["--results-dir", str(tmp_path / "between")]
+        )
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "label order" in err
+    assert not (tmp_path / "between").exists()
