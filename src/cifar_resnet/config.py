@@ -10,7 +10,8 @@ Recipes: ``recipe`` names a set of defaults (``RECIPES``). A field whose default
 optimizer: with another one they are left to the range test (or ``--max-lr``), since
 SGD's 0.4 would make Adam diverge. ``spec`` (the default) is the assignment's
 training (Adam, cross-entropy, One Cycle from found LRs, crop/flip/cutout), with what it
-leaves open chosen by measurement: weight decay, an EMA of the weights, label smoothing.
+leaves open chosen by measurement (README, Results): weight decay, an EMA of the weights,
+label smoothing.
 """
 
 from __future__ import annotations
@@ -45,23 +46,16 @@ MODEL_OPTIONS = ("width", "norm", "dropout", "head_bias", "logit_scale", "pool_a
 RESUME_OVERRIDES = ("data_dir", "cache_dir", "device")
 
 # The weight decay of the spec recipe: Adam's coupled L2 penalty, as torch.optim.Adam applies
-# it (the spec names Adam; AdamW stays available as --optimizer adamw). Screened at width 0.25
-# (24 epochs, bf16, LRs 4e-4 -> 4e-3, seed 0; benchmarks/results/*wd-screen*.json):
-# 0 -> 85.89%, 1e-4 -> 86.11%, 2.5e-4 -> 86.07% with the lowest test loss (0.421 against
-# 0.427). The three are within one seed's noise at that width, which barely overfits (train
-# 89%); at width 1.0 an unregularised run ended at 97% train / 89.75% test (a run reported
-# before the benchmarks recorded full-width runs; it has no JSON), so the larger value is
-# taken.
+# it (the spec names Adam; AdamW stays available as --optimizer adamw). Screened at widths
+# 0.25 and 0.5, it had the lowest test loss at the one and the best run at the other, so it
+# is kept for the full width, which overfits more (README, "What is trained";
+# benchmarks/results/*wd-screen*.json and *wd-lr-screen*.json).
 SPEC_WEIGHT_DECAY = 2.5e-4
 
 # The spec recipe evaluates and saves an exponential moving average of its weights, and
 # smooths its training labels (cross-entropy against 0.82 for the label and 0.02 for each
-# other class). Screened at width 0.5 (24 epochs, bf16, LRs 4.62e-4 -> 4.62e-3, seeds 0 and 1;
-# benchmarks/results/2026-12-04-cpu-screen-w0-5-*.json): as it was 88.59% / 87.99%, with the
-# EMA (decay 0.99) 89.17% / 89.16%, with the EMA and label smoothing 0.2 89.40% / 89.58%; each
-# step beat the larger spread of the seeds it was compared with. At full width (LRs found,
-# bf16, seeds 0 and 1; benchmarks/results/2026-12-04-cpu-spec-w1-ema-ls.json): 90.42% /
-# 90.24%, mean 90.33%.
+# other class). In a two-seed screen at width 0.5 each of the two gained more than the
+# seeds' spread (README, Results; benchmarks/results/2026-12-04-cpu-screen-w0-5-*.json).
 SPEC_EMA_DECAY = 0.99
 SPEC_LABEL_SMOOTHING = 0.2
 

@@ -3,9 +3,10 @@
 ``load_run`` reads a run folder (config.json, final.json, metrics.jsonl,
 lr_finder.json, checkpoints/last.pt) and re-runs the checkpoint's model on the
 test split (eval mode, normalised with the checkpoint's mean/std, never
-augmented); ``build_report`` turns that into HTML. Every figure is a PNG embedded
-as a data URI and the styling is inline, so the file needs no network and no
-JavaScript. Nothing here writes files: the command line does.
+augmented); ``build_report`` builds the page from that and returns it as one string.
+Every figure is a PNG embedded as a data URI and the styling is inline, so the page
+needs no network and no JavaScript. Nothing here writes files: ``runs.write_report``
+writes the page to the run folder's report.html.
 """
 
 from __future__ import annotations

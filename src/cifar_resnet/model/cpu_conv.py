@@ -1,16 +1,12 @@
 """3x3 convolutions on small feature maps as matrix products, for bf16 training on the CPU.
 
-Why not just ``F.conv2d``: oneDNN's AMX kernels run this network's convolutions well
-where the maps are large, and badly where they are small. Measured on a 2-core Xeon with
-AMX-BF16 (torch 2.14.1, batch 512, bf16, channels_last; a 4096^3 bf16 matrix product
-runs at 2.1 TFLOP/s there), the weight gradient of the two 512->512 convolutions on 4x4
-maps ran at 0.26 TFLOP/s (151 ms each) and that of the 256->512 one on 8x8 maps at 0.73
-TFLOP/s (106 ms), against 1.3-3.4 TFLOP/s for the rest. Written as one matrix product
-over the 3x3 neighbourhoods ("im2col"), the same weight gradients took 20 and 44 ms, and
-on the 4x4 maps the forward pass and the input gradient gain too. A width-1.0 training
-step went from 385 to 500 images/s (``benchmarks/speed.py`` keeps measuring both). On a
-2-core AMD EPYC with AVX512-BF16 and no AMX the path is neutral: a width-1.0 step at
-batch 256 ran at 263-264 images/s with it and 265 without, alternated in one process.
+Why not just ``F.conv2d``: on a Xeon with AMX-BF16, oneDNN's kernels ran this network's
+convolutions well where the maps are large and badly where they are small; written as one
+matrix product over the 3x3 neighbourhoods ("im2col"), the weight gradients of the small
+maps took a fraction of the time and a width-1.0 training step sped up by about a third.
+On a CPU with AVX512-BF16 and no AMX the path is neutral. The measurements are in the
+README's Results (the speed table and the paragraph after it); ``benchmarks/speed.py``
+keeps comparing both paths.
 
 The rule, by the size of the map (from the same measurements): H*W <= 16, all three
 products (forward, input gradient, weight gradient) as matrix products; H*W <= 64, the
