@@ -61,16 +61,16 @@ def test_paths_that_cannot_be_written_are_one_line_errors(tmp_path):
 
 def test_an_unused_run_folder_is_removed_but_an_earlier_folder_is_kept(tmp_path):
     fresh = RunFolder(tmp_path / "new" / "run")
-    fresh.remove_if_unused()
+    fresh.abandon()
     assert not (tmp_path / "new").exists()
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    RunFolder(tmp_path / "mine").remove_if_unused()
+    RunFolder(tmp_path / "mine").abandon()
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert not (tmp_path / "mine" / "checkpoints").exists()
 
     used = RunFolder(tmp_path / "used")
     used.write_json("config.json", {})
-    used.remove_if_unused()
+    used.abandon()
     assert (tmp_path / "used" / "config.json").exists()

@@ -264,8 +264,6 @@ class RunFolder:
         self._lock.release(remove=bool(empty))
         self._remove_made()
 
-    remove_if_unused = abandon  # the name callers used before forced runs were kept aside
-
     def close(self) -> None:
         """The run is done (or interrupted with a checkpoint saved): unlock the folder."""
         self._lock.release()
