@@ -4,77 +4,18 @@ from __future__ import annotations
 
 import functools
 import http.server
-import pickle
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
+from helpers import Served, make_synthetic, write_pickles
 
-from cifar_resnet.data.load import CLASSES, Cifar10
-
-# Flags of a one-epoch CPU run of the narrow net, for command-line tests.
-TINY_RUN = [
-    "--width",
-    "0.25",
-    "--epochs",
-    "1",
-    "--peak-epoch",
-    "1",
-    "--batch-size",
-    "100",
-    "--device",
-    "cpu",
-]
-
-
-def make_synthetic(n_train: int = 600, n_test: int = 200, seed: int = 0) -> Cifar10:
-    """Images whose class sets a colour cast and a stripe direction, under uniform noise."""
-    g = torch.Generator().manual_seed(seed)
-
-    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.arange(n) % 10
-        labels = labels[torch.randperm(n, generator=g)]
-        noise = torch.rand(n, 3, 32, 32, generator=g) * 0.5
-        colour = torch.stack([(labels % 3) / 2, (labels // 3 % 3) / 2, (labels >= 5).float()], 1)
-        stripes = torch.zeros(n, 1, 32, 32)
-        rows = torch.arange(32)
-        horiz = (rows % 4 < 2).float()
-        stripes[labels % 2 == 0] += horiz.view(1, 32, 1)
-        stripes[labels % 2 == 1] += horiz.view(1, 1, 32)
-        x = 0.5 * noise + 0.35 * colour.view(n, 3, 1, 1) + 0.15 * stripes
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8), labels
-
-    train_x, train_y = split(n_train)
-    test_x, test_y = split(n_test)
-    return Cifar10(train_x, train_y, test_x, test_y, CLASSES, "synthetic")
+from cifar_resnet.data.load import Cifar10
 
 
 @pytest.fixture(scope="session")
 def synthetic() -> Cifar10:
     return make_synthetic()
-
-
-def write_pickles(folder: Path, data: Cifar10) -> Path:
-    """Write ``data`` as a cifar-10-batches-py folder (train split over five batches)."""
-    out = folder / "cifar-10-batches-py"
-    out.mkdir(parents=True)
-    chunks = np.array_split(np.arange(len(data.train_labels)), 5)
-    for i, idx in enumerate(chunks, start=1):
-        batch = {
-            "data": data.train_images[idx].reshape(len(idx), -1).numpy(),
-            "labels": data.train_labels[idx].tolist(),
-        }
-        (out / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
-    test = {
-        "data": data.test_images.reshape(len(data.test_labels), -1).numpy(),
-        "labels": data.test_labels.tolist(),
-    }
-    (out / "test_batch").write_bytes(pickle.dumps(test))
-    (out / "batches.meta").write_bytes(pickle.dumps({"label_names": list(data.classes)}))
-    return out
 
 
 @pytest.fixture()
@@ -99,13 +40,6 @@ class _Server(http.server.ThreadingHTTPServer):
         pass  # clients that hang up early are not test failures
 
 
-@dataclass
-class Served:
-    root: Path
-    base_url: str
-    requests: list[str]
-
-
 @pytest.fixture
 def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A folder served over HTTP on 127.0.0.1, recording the paths requested."""
@@ -123,15 +57,3 @@ def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Call the CLI in-process; returns (exit code, stdout, stderr)."""
-    from cifar_resnet import cli
-
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:  # argparse errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err

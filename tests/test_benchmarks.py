@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RUN, make_synthetic, write_pickles
+from helpers import TINY_RUN, make_synthetic, write_pickles
 
 from cifar_resnet.runtime import resolve_runtime
 

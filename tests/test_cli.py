@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN, run_cli
+from helpers import TINY_RUN, run_cli
 
 from cifar_resnet.data import load as data
 

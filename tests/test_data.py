@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import Served
+from helpers import Served
 from PIL import Image
 
 from cifar_resnet.data import archive as data_archive

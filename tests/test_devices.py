@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN, run_cli
+from helpers import TINY_RUN, run_cli
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cifar_resnet.config import TrainConfig

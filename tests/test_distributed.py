@@ -5,7 +5,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY_RUN
+from helpers import TINY_RUN
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.distributed import per_rank_batch, shard

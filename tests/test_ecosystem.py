@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN, run_cli
+from helpers import TINY_RUN, run_cli
 
 from cifar_resnet import TrainConfig, fit
 from cifar_resnet.config import RECIPES, SPEC_EMA_DECAY

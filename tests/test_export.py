@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_synthetic, run_cli
+from helpers import make_synthetic, run_cli
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.errors import CifarResnetError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_synthetic, run_cli, write_pickles
+from helpers import make_synthetic, run_cli, write_pickles
 from PIL import Image
 from torch import nn
 

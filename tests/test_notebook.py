@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_pickles
+from helpers import write_pickles
 
 nbformat = pytest.importorskip("nbformat", reason="nbformat is in the test extra")
 nbclient = pytest.importorskip("nbclient", reason="nbclient is in the test extra")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN, write_pickles
+from helpers import TINY_RUN, write_pickles
 from PIL import Image
 
 from cifar_resnet import cli

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_synthetic, run_cli, write_pickles
+from helpers import make_synthetic, run_cli, write_pickles
 
 from cifar_resnet import files
 from cifar_resnet.records import run_folder

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_synthetic, write_pickles
+from helpers import make_synthetic, write_pickles
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ARGS = [
