@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -36,12 +38,12 @@ def _one_line(info):
 
 def test_a_run_folder_or_its_file_loads_into_the_same_model(run, synthetic):
     state = load_checkpoint(run)
-    assert state["format"] == CHECKPOINT_FORMAT
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == state["epoch"] == 1
+    assert state.to_dict()["format"] == CHECKPOINT_FORMAT
+    assert load_checkpoint(run / "checkpoints" / "last.pt").epoch == state.epoch == 1
     model = model_from_checkpoint(state)
     assert not model.training
     for k, v in model.state_dict().items():
-        assert torch.equal(v, state["model"][k])
+        assert torch.equal(v, state.model[k])
 
 
 def test_byte_corruption_and_truncation_are_one_line_errors(run, tmp_path):
@@ -75,7 +77,7 @@ def test_other_formats_missing_files_and_empty_runs_are_refused(tmp_path):
 def test_weights_of_another_width_or_norm_are_refused(run):
     state = load_checkpoint(run)
     for change in ({"width": 0.5}, {"norm": "group"}):
-        wrong = {**state, "config": {**state["config"], **change}}
+        wrong = dataclasses.replace(state, config={**state.config, **change})
         with pytest.raises(CheckpointError) as info:
             model_from_checkpoint(wrong)
         assert "do not fit" in _one_line(info)
@@ -85,8 +87,10 @@ def test_the_run_records_its_resolved_precision_and_older_configs_load_as_fp32(r
     from cifar_resnet.records.checkpoint import config_from_checkpoint
 
     state = load_checkpoint(run)
-    assert state["config"]["precision"] in ("fp32", "bf16")  # what "auto" chose, not "auto"
-    older = {**state, "config": {k: v for k, v in state["config"].items() if k != "precision"}}
+    assert state.config["precision"] in ("fp32", "bf16")  # what "auto" chose, not "auto"
+    older = dataclasses.replace(
+        state, config={k: v for k, v in state.config.items() if k != "precision"}
+    )
     assert config_from_checkpoint(older).precision == "fp32"  # they all trained in fp32
 
 
@@ -95,9 +99,9 @@ def test_page_configs_saved_before_the_pipeline_options_load_as_what_they_ran(ru
 
     state = load_checkpoint(run)
     new = ("crop_pad_mode", "drop_last")
-    saved = {k: v for k, v in state["config"].items() if k not in new}
-    older = {**state, "config": {**saved, "recipe": "page"}}
-    page_now = TrainConfig.from_dict(older["config"])
+    saved = {k: v for k, v in state.config.items() if k not in new}
+    older = dataclasses.replace(state, config={**saved, "recipe": "page"})
+    page_now = TrainConfig.from_dict(older.config)
     assert (page_now.crop_pad_mode, page_now.drop_last) == ("reflect", True)  # a new page run
     loaded = config_from_checkpoint(older)
     assert (loaded.crop_pad_mode, loaded.drop_last) == ("zeros", False)  # what the old one ran

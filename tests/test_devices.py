@@ -129,19 +129,19 @@ def test_loss_scaling_is_part_of_the_run_and_of_its_checkpoint(tmp_path, synthet
     config = TINY.replace(precision="fp32", epochs=3)
     whole = fit(config, synthetic, run=RunFolder(tmp_path / "whole"), progress=False)
     assert whole.epochs[-1]["train_loss"] < whole.epochs[0]["train_loss"]
-    final = load_checkpoint(tmp_path / "whole")["scaler"]
+    final = load_checkpoint(tmp_path / "whole").scaler
     assert final["scale"] > 2.0**4  # grown over the run's 18 steps
 
     stopped = Callbacks(on_epoch=_stop_after_first_epoch)
     with pytest.raises(TrainingInterrupted):
         fit(config, synthetic, run=RunFolder(tmp_path / "part"), callbacks=stopped)
     state = load_checkpoint(tmp_path / "part")
-    assert state["epoch"] == 1 and 2.0**4 < state["scaler"]["scale"] < final["scale"]
+    assert state.epoch == 1 and 2.0**4 < state.scaler["scale"] < final["scale"]
     resumed = fit(
         config, synthetic, run=RunFolder(tmp_path / "part", resume=True), resume=state,
         progress=False,
     )  # fmt: skip
-    assert load_checkpoint(tmp_path / "part")["scaler"] == final
+    assert load_checkpoint(tmp_path / "part").scaler == final
     for key, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
@@ -150,9 +150,9 @@ def test_a_model_trained_in_fp16_on_a_gpu_is_evaluated_in_fp32_on_the_cpu(tmp_pa
     out = tmp_path / "run"
     fit(TINY.replace(epochs=1, precision="fp32"), synthetic, run=RunFolder(out), progress=False)
     state = load_checkpoint(out)
-    state["config"]["precision"] = "fp16"  # as a T4 records it
+    state.config["precision"] = "fp16"  # as a T4 records it
     assert load_model(state, device="cpu").runtime.precision == "fp32"
-    state["config"]["precision"] = "bf16"
+    state.config["precision"] = "bf16"
     assert load_model(state, device="cpu").runtime.precision == "bf16"
 
 

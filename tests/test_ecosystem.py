@@ -95,7 +95,7 @@ def test_a_resumed_run_continues_the_curves_without_duplicate_steps(
         )
     assert max(_steps(_events(run / "tb"), "train/loss")) == 2 * spe
     state = load_checkpoint(run)
-    assert state["epoch"] == 1
+    assert state.epoch == 1
     history = fit(config, synthetic, run=RunFolder(run, resume=True), resume=state, progress=False)
     acc = _events(run / "tb")
     assert _steps(acc, "train/loss") == list(range(1, 3 * spe + 1))  # each step once

@@ -96,8 +96,8 @@ def _halves_model() -> TrainedModel:
 
 def test_load_model_carries_classes_normalisation_and_config(run, model):
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert model.classes == tuple(state["classes"]) and len(model.classes) == 10
-    assert torch.equal(model.mean, state["mean"]) and torch.equal(model.std, state["std"])
+    assert model.classes == tuple(state.classes) and len(model.classes) == 10
+    assert torch.equal(model.mean, state.mean) and torch.equal(model.std, state.std)
     assert model.config.width == 0.25 and model.config.limit_test == LIMIT_TEST
     assert model.epoch == 1 and not model.model.training
     final = json.loads((run / "final.json").read_text())

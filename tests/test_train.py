@@ -451,7 +451,7 @@ def test_an_ema_run_evaluates_and_saves_the_averaged_weights(synthetic, tmp_path
     saved = model_from_checkpoint(state)
     for name, value in saved.state_dict().items():  # the EMA's, not the last step's
         assert torch.equal(value, history.model.state_dict()[name]), name
-    raw = state["model"]["layer1.conv.0.weight"]
+    raw = state.model["layer1.conv.0.weight"]
     assert not torch.equal(saved.state_dict()["layer1.conv.0.weight"], raw)
     runtime = resolve_runtime("cpu", history.config.precision)
     _, test = prepare_splits(synthetic, config, runtime)

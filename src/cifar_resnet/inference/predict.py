@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -36,7 +35,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..data.load import Cifar10
 from ..data.splits import limit_splits
 from ..errors import DataError, oneline
-from ..records.checkpoint import config_from_checkpoint, model_from_checkpoint, train_state
+from ..records.checkpoint import config_from_checkpoint, model_from_checkpoint
 from ..records.records import TrainState
 from ..records.run_folder import RunRecord
 from ..runtime import resolve_runtime, runnable_precision
@@ -50,9 +49,7 @@ ImageSource = str | Path | Image.Image
 Images = torch.Tensor | ImageSource | Sequence[ImageSource]
 
 
-def load_model(
-    checkpoint: str | Path | dict[str, Any] | TrainState, device: str = "cpu"
-) -> TrainedModel:
+def load_model(checkpoint: str | Path | TrainState, device: str = "cpu") -> TrainedModel:
     """The trained model of a checkpoint file, run folder, loaded checkpoint, or a folder
     written by ``export --format safetensors`` (see ``hub``)."""
     path: Path | None = None
@@ -61,8 +58,8 @@ def load_model(
 
         if is_model_folder(checkpoint):
             return load_folder(checkpoint, device)
-    if isinstance(checkpoint, (dict, TrainState)):
-        state = train_state(checkpoint)
+    if isinstance(checkpoint, TrainState):
+        state = checkpoint
     else:
         record = RunRecord.open(checkpoint)
         state, path = record.state, record.checkpoint

@@ -36,10 +36,10 @@ def checkpoint_path(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> TrainState:
     """Read a checkpoint file or a run folder's; CheckpointError if it is missing or not ours.
 
-    Returns the checkpoint as a dict of the current format (``TrainState.to_dict``).
+    Older formats are upgraded to the current one (``TrainState.from_dict``).
     """
     path = checkpoint_path(path)
     try:
@@ -63,7 +63,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path} is not a readable checkpoint (corrupt or truncated: {oneline(e, 160)}); "
             "use another checkpoint or train again"
         ) from None
-    return TrainState.from_dict(raw, source=str(path)).to_dict()
+    return TrainState.from_dict(raw, source=str(path))
 
 
 def train_state(state: TrainState | dict[str, Any]) -> TrainState:
@@ -71,7 +71,7 @@ def train_state(state: TrainState | dict[str, Any]) -> TrainState:
     return state if isinstance(state, TrainState) else TrainState.from_dict(state)
 
 
-def config_from_checkpoint(state: TrainState | dict[str, Any]) -> TrainConfig:
+def config_from_checkpoint(state: TrainState) -> TrainConfig:
     """The training config saved in a checkpoint.
 
     Configs saved before ``precision`` existed trained in fp32 on the CPU (the only
@@ -81,7 +81,7 @@ def config_from_checkpoint(state: TrainState | dict[str, Any]) -> TrainConfig:
     ``crop_pad_mode`` and ``drop_last`` padded their crops with zeros and trained on
     every batch, whatever their recipe.
     """
-    values = as_saved_run(train_state(state).config)
+    values = as_saved_run(state.config)
     values.setdefault("precision", "fp32")
     try:
         return TrainConfig.from_dict(values)
@@ -89,19 +89,18 @@ def config_from_checkpoint(state: TrainState | dict[str, Any]) -> TrainConfig:
         raise CheckpointError(f"checkpoint config is invalid: {oneline(e)}") from None
 
 
-def resumed_config(state: TrainState | dict[str, Any], given: Mapping[str, Any]) -> TrainConfig:
+def resumed_config(state: TrainState, given: Mapping[str, Any]) -> TrainConfig:
     """A checkpoint's config, with the settings a resumed run may change (``RESUME_OVERRIDES``:
     where the data and the device are) taken from ``given`` where it has them."""
     overrides = {name: given[name] for name in RESUME_OVERRIDES if name in given}
     return config_from_checkpoint(state).replace(**overrides)
 
 
-def model_from_checkpoint(state: TrainState | dict[str, Any]) -> CustomResNet:
+def model_from_checkpoint(state: TrainState) -> CustomResNet:
     """The trained network of a checkpoint, in eval mode on the CPU.
 
     For a run with an EMA of the weights, the averaged weights: the model it evaluated.
     """
-    state = train_state(state)
     config = config_from_checkpoint(state)
     model = CustomResNet(len(state.classes), **config.model_options())
     weights = state.model

@@ -30,7 +30,7 @@ from .. import files
 from ..config import TrainConfig
 from ..errors import CheckpointError, oneline
 from ..files import process_alive, read_json
-from .checkpoint import checkpoint_path, config_from_checkpoint, load_checkpoint, train_state
+from .checkpoint import checkpoint_path, config_from_checkpoint, load_checkpoint
 from .records import TrainState
 
 RUN_FILES = (
@@ -341,7 +341,7 @@ class RunRecord:
     def open(cls, path: str | Path) -> RunRecord:
         """A run folder, or a checkpoint file (inside ``RUN/checkpoints/`` or loose)."""
         file = checkpoint_path(path)
-        state = train_state(load_checkpoint(file))
+        state = load_checkpoint(file)
         folder = Path(path) if Path(path).is_dir() else None
         if folder is None and file.parent.name == "checkpoints":
             candidate = file.parent.parent
