@@ -20,7 +20,7 @@ FORBIDDEN = {
     "cifar_resnet.config": "everything of the package but cifar_resnet.errors",
     "cifar_resnet.data": ("model", "records", "training", "inference", "insight", "runs", "plots"),
     "cifar_resnet.model": ("data", "records", "training", "inference", "insight", "runs", "plots"),
-    "cifar_resnet.records": ("data", "training", "inference", "insight", "runs", "plots"),
+    "cifar_resnet.records": ("data", "model", "training", "inference", "insight", "runs", "plots"),
     "cifar_resnet.inference": ("training", "insight", "runs", "plots"),
     "cifar_resnet.training": ("insight", "runs"),
     "cifar_resnet.insight": ("runs",),

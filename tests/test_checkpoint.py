@@ -5,11 +5,8 @@ import torch
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.errors import CheckpointError
-from cifar_resnet.records.checkpoint import (
-    CHECKPOINT_FORMAT,
-    load_checkpoint,
-    model_from_checkpoint,
-)
+from cifar_resnet.inference.predict import model_from_checkpoint
+from cifar_resnet.records.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.training.fit import fit
 

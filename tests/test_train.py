@@ -443,7 +443,8 @@ def test_the_ema_follows_recent_weights_first_then_decays_at_its_rate():
 
 
 def test_an_ema_run_evaluates_and_saves_the_averaged_weights(synthetic, tmp_path):
-    from cifar_resnet.records.checkpoint import load_checkpoint, model_from_checkpoint
+    from cifar_resnet.inference.predict import model_from_checkpoint
+    from cifar_resnet.records.checkpoint import load_checkpoint
 
     config = TrainConfig(max_lr=2e-3, ema_decay=0.9, **QUICK)
     history = fit(config, synthetic, run=RunFolder(tmp_path / "run"), progress=False)
@@ -496,7 +497,8 @@ def test_a_page_recipe_run_records_its_recipe_and_tta_accuracy(synthetic, tmp_pa
 
 
 def test_pages_pooling_order_trains_records_and_reloads_as_it_ran(synthetic, tmp_path):
-    from cifar_resnet.records.checkpoint import load_checkpoint, model_from_checkpoint
+    from cifar_resnet.inference.predict import model_from_checkpoint
+    from cifar_resnet.records.checkpoint import load_checkpoint
 
     config = TrainConfig(recipe="page", pool_after_relu=True, **QUICK)
     assert all(

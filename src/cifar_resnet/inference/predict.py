@@ -35,7 +35,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..data.load import Cifar10
 from ..data.splits import limit_splits
 from ..errors import DataError, oneline
-from ..records.checkpoint import config_from_checkpoint, model_from_checkpoint
+from ..model.custom_resnet import CustomResNet, load_weights
+from ..records.checkpoint import config_from_checkpoint
 from ..records.records import TrainState
 from ..records.run_folder import RunRecord
 from ..runtime import resolve_runtime, runnable_precision
@@ -80,6 +81,23 @@ def load_model(checkpoint: str | Path | TrainState, device: str = "cpu") -> Trai
         recorded_test_acc=recorded,
         path=path,
     )
+
+
+def model_from_checkpoint(state: TrainState) -> CustomResNet:
+    """The trained network of a checkpoint, in eval mode on the CPU.
+
+    For a run with an EMA of the weights, the averaged weights: the model it evaluated.
+    """
+    config = config_from_checkpoint(state)
+    model = CustomResNet(len(state.classes), **config.model_options())
+    weights = state.model
+    if state.ema is not None:  # AveragedModel's state: "module.<name>" and n_averaged
+        prefix = "module."
+        weights = {k[len(prefix) :]: v for k, v in state.ema.items() if k.startswith(prefix)}
+    return load_weights(
+        model, weights, "checkpoint weights do not fit the network its config describes",
+        then="the file may have been edited or mixed up with another run's",
+    )  # fmt: skip
 
 
 def load_image(source: ImageSource) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Checkpoint files: reading one back safely, and the model and config it holds.
+"""Checkpoint files: reading one back safely, and the config it holds.
 
 What a checkpoint holds is listed once, in ``records.TrainState``; this module reads
 the file (``torch.load``), checks and upgrades its format through ``TrainState`` and
@@ -17,7 +17,6 @@ import torch
 
 from ..config import RESUME_OVERRIDES, TrainConfig, as_saved_run
 from ..errors import CheckpointError, ConfigError, oneline
-from ..model.custom_resnet import CustomResNet, load_weights
 from .records import CHECKPOINT_FORMAT, TrainState
 
 __all__ = ["CHECKPOINT_FORMAT", "checkpoint_path", "load_checkpoint", "train_state"]
@@ -94,20 +93,3 @@ def resumed_config(state: TrainState, given: Mapping[str, Any]) -> TrainConfig:
     where the data and the device are) taken from ``given`` where it has them."""
     overrides = {name: given[name] for name in RESUME_OVERRIDES if name in given}
     return config_from_checkpoint(state).replace(**overrides)
-
-
-def model_from_checkpoint(state: TrainState) -> CustomResNet:
-    """The trained network of a checkpoint, in eval mode on the CPU.
-
-    For a run with an EMA of the weights, the averaged weights: the model it evaluated.
-    """
-    config = config_from_checkpoint(state)
-    model = CustomResNet(len(state.classes), **config.model_options())
-    weights = state.model
-    if state.ema is not None:  # AveragedModel's state: "module.<name>" and n_averaged
-        prefix = "module."
-        weights = {k[len(prefix) :]: v for k, v in state.ema.items() if k.startswith(prefix)}
-    return load_weights(
-        model, weights, "checkpoint weights do not fit the network its config describes",
-        then="the file may have been edited or mixed up with another run's",
-    )  # fmt: skip
