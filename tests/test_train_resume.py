@@ -21,7 +21,7 @@ ARGS = [
     "--peak-epoch",
     "1",
     "--batch-size",
-    "23",  # 26 batches of the 600 images and 2 left over, which --drop-last skips
+    "23",  # 10 batches of the 232 images and 2 left over, which --drop-last skips
     "--drop-last",
     "--crop-pad-mode",
     "reflect",
@@ -39,11 +39,39 @@ ARGS = [
     "--no-report",
 ]
 ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+N_TRAIN = 232
+STEPS_PER_EPOCH = N_TRAIN // 23
+SIGNAL_EPOCH, SIGNAL_STEP = 2, 4  # where an interrupted run receives its signal
+# `cifar-resnet train ARGV` that sends itself a signal in one step, at the step's bookkeeping
+# (its optimizer update done): the run stops after that very step, every time.
+_SIGNALLED = """
+import os, sys
+from cifar_resnet import cli
+from cifar_resnet.training.epoch import StepMonitor
+
+sig, epoch, step, steps_per_epoch = map(int, sys.argv[1:5])
+stepped = StepMonitor.stepped
+
+def stepped_after_a_signal(self, *args, **kwargs):
+    if self.step_offset == (epoch - 1) * steps_per_epoch and self.state.step == step - 1:
+        os.kill(os.getpid(), sig)
+    return stepped(self, *args, **kwargs)
+
+StepMonitor.stepped = stepped_after_a_signal
+sys.exit(cli.main(["train", *sys.argv[5:]]))
+"""
 
 
-def _train(*argv: str) -> subprocess.Popen:
+def _train(*argv: str, signalled: int | None = None) -> subprocess.Popen:
+    """``cifar-resnet train ARGV``; with ``signalled``, the run sends itself that signal
+    in step ``SIGNAL_STEP`` of epoch ``SIGNAL_EPOCH``."""
+    if signalled is None:
+        command = ["-m", "cifar_resnet", "train"]
+    else:
+        where = (signalled, SIGNAL_EPOCH, SIGNAL_STEP, STEPS_PER_EPOCH)
+        command = ["-c", _SIGNALLED, *map(str, where)]
     return subprocess.Popen(
-        [sys.executable, "-m", "cifar_resnet", "train", *argv],
+        [sys.executable, *command, *argv],
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -51,7 +79,7 @@ def _train(*argv: str) -> subprocess.Popen:
     )
 
 
-def _train_new_run(data_dir: Path, out: Path) -> subprocess.Popen:
+def _train_new_run(data_dir: Path, out: Path, signalled: int | None = None) -> subprocess.Popen:
     return _train(
         "--data-dir",
         str(data_dir),
@@ -60,13 +88,14 @@ def _train_new_run(data_dir: Path, out: Path) -> subprocess.Popen:
         "--out",
         str(out),
         *ARGS,
+        signalled=signalled,
     )
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
-    write_pickles(root, make_synthetic(n_train=600, n_test=100))
+    write_pickles(root, make_synthetic(n_train=N_TRAIN, n_test=100))
     return root
 
 
@@ -105,7 +134,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert fb["resumed"] is True
     assert fa["precision"] == fb["precision"] == "bf16"
     assert fa["drop_last"] is fb["drop_last"] is True
-    assert len(sb["step_lrs"]) == 3 * 26
+    assert len(sb["step_lrs"]) == 3 * STEPS_PER_EPOCH
 
 
 def _start_and_wait_for_first_epoch(data_dir: Path, out: Path) -> subprocess.Popen:
@@ -132,12 +161,14 @@ def test_a_signal_checkpoints_mid_epoch_and_resume_ends_bit_exact(
     sig, code, data_dir, reference, tmp_path
 ):
     out = tmp_path / "run"
-    proc = _start_and_wait_for_first_epoch(data_dir, out)
-    time.sleep(0.4)  # inside epoch 2
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    proc = _train_new_run(data_dir, out, signalled=sig)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == code, err
     assert "--resume" in err and "Traceback" not in err
+    assert f"in epoch {SIGNAL_EPOCH} after step {SIGNAL_STEP};" in err
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["epoch"] == SIGNAL_EPOCH - 1  # epochs done: it stopped inside the next
+    assert state["epoch_state"]["step"] == SIGNAL_STEP
     _resume_and_compare(out, reference)
 
 
