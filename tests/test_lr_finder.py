@@ -7,11 +7,11 @@ from torch import nn
 
 from cifar_resnet.errors import ConfigError
 from cifar_resnet.plots import plot_lr_finder
+from cifar_resnet.training.fit import find_lr
 from cifar_resnet.training.lr_finder import (
     FLOOR_SCALE,
     Sweep,
     choose_lrs,
-    find_lr,
     smooth_curve,
     valley_floor,
     with_spread,
@@ -94,13 +94,14 @@ def test_lrs_grow_exponentially_and_losses_are_recorded_raw(synthetic):
 
 def test_model_optimizer_and_rng_state_are_restored_bit_exactly(synthetic):
     from cifar_resnet.config import TrainConfig
-    from cifar_resnet.data.splits import prepare_splits
+    from cifar_resnet.data.splits import EpochLength, prepare_splits
     from cifar_resnet.runtime import resolve_runtime
-    from cifar_resnet.training.setup import build_model, build_optimizer, find_training_lr
+    from cifar_resnet.training.fit import find_training_lr
+    from cifar_resnet.training.setup import Setup, build_model, build_optimizer
 
     config = TrainConfig(width=0.25, batch_size=64, finder_num_iter=12, dropout=0.1)
     runtime = resolve_runtime("cpu")
-    train, _ = prepare_splits(synthetic, config, runtime)
+    train, test = prepare_splits(synthetic, config, runtime)
     torch.manual_seed(0)
     model = build_model(config)
     opt = build_optimizer(model, config, runtime)
@@ -116,7 +117,9 @@ def test_model_optimizer_and_rng_state_are_restored_bit_exactly(synthetic):
     before_groups = json.dumps(opt.state_dict()["param_groups"])
     cpu_rng, gen_state = torch.get_rng_state(), gen.get_state()
 
-    result = find_training_lr(model, opt, train, config, runtime, gen, progress=False)
+    epoch = EpochLength.of(len(train), config.batch_size, config.drop_last)
+    setup = Setup(runtime, synthetic, train, test, epoch, model, opt, gen)
+    result = find_training_lr(setup, config, progress=False)
 
     assert len(result.lrs) >= 3
     after_model = model.state_dict()

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from cifar_resnet.config import TrainConfig
-from cifar_resnet.data.splits import train_batches
-from cifar_resnet.training.epoch import Callbacks, EpochState, StepMonitor, train_one_epoch
+from cifar_resnet.data.splits import EpochLength, epoch_order, train_batches
+from cifar_resnet.training.epoch import Callbacks, EpochState, StepMonitor
+from cifar_resnet.training.fit import train_step
 from cifar_resnet.training.profiling import PhaseTimer
 from cifar_resnet.training.setup import build_criterion, build_scheduler, setup_training
 
@@ -39,15 +40,20 @@ def test_a_lap_needs_a_mark():
 
 def _epoch(synthetic, timer=None):
     config = TrainConfig(width=0.25, batch_size=100, max_lr=2e-3, min_lr=2e-4, device="cpu", seed=3)
-    runtime, _, train, _, model, optimizer, generator = setup_training(config, synthetic, False)
-    scheduler = build_scheduler(optimizer, config, train.images.shape[0])
-    state = EpochState(torch.randperm(len(train), generator=generator))
+    runtime, _, train, _, _, model, optimizer, generator = setup_training(config, synthetic, False)
+    epoch = EpochLength.of(len(train), config.batch_size, config.drop_last)
+    scheduler, criterion = build_scheduler(optimizer, config, epoch), build_criterion(config)
+    state = EpochState(epoch_order(len(train), generator))
     batches = train_batches(train, config, runtime, generator, order=state.order)
-    result = train_one_epoch(
-        model, build_criterion(config), optimizer, scheduler, batches, runtime,
-        StepMonitor(state, runtime, config, n_images=len(train), callbacks=Callbacks(timer=timer)),
-    )  # fmt: skip
-    return result, model
+    monitor = StepMonitor(state, runtime, epoch, callbacks=Callbacks(timer=timer))
+    model.train()
+    for x, y in monitor.steps(batches):  # the steps of an epoch as fit takes them
+        lr = optimizer.param_groups[0]["lr"]
+        loss, logits = train_step(model, criterion, optimizer, (x, y), runtime, lap=monitor.lap)
+        scheduler.step()
+        monitor.lap("optimizer")
+        monitor.stepped(lr, loss, logits, y)
+    return monitor.result(), model
 
 
 def test_an_epoch_is_timed_phase_by_phase_without_changing_what_is_trained(synthetic):

@@ -11,7 +11,7 @@ from cifar_resnet.errors import ConfigError
 from cifar_resnet.inference.evaluation import evaluate
 from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
-from cifar_resnet.training.epoch import Callbacks, StepMonitor
+from cifar_resnet.training.epoch import Callbacks
 from cifar_resnet.training.fit import fit
 from cifar_resnet.training.setup import build_model, build_optimizer
 
@@ -385,8 +385,8 @@ def test_the_ema_is_the_decayed_average_of_every_steps_weights(synthetic):
     """Weights and BatchNorm buffers: e_1 = w_1, e_k = d e_(k-1) + (1 - d) w_k."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    from cifar_resnet.data.splits import train_batches
-    from cifar_resnet.training.epoch import EpochState, train_one_epoch
+    from cifar_resnet.data.splits import EpochLength, train_batches
+    from cifar_resnet.training.fit import train_step
     from cifar_resnet.training.setup import build_criterion, build_scheduler
 
     decay = 0.7
@@ -408,12 +408,12 @@ def test_the_ema_is_the_decayed_average_of_every_steps_weights(synthetic):
             expected[name] = value.clone() if prev is None else decay * prev + (1 - decay) * value
 
     gen = torch.Generator().manual_seed(0)
-    state = EpochState(torch.randperm(len(train), generator=gen))
-    train_one_epoch(
-        model, build_criterion(config), opt, build_scheduler(opt, config, 600),
-        train_batches(train, config, runtime, gen, order=state.order), runtime,
-        StepMonitor(state, runtime, config, n_images=len(train)), after_step=after_step,
-    )  # fmt: skip
+    criterion = build_criterion(config)
+    scheduler = build_scheduler(opt, config, EpochLength.of(len(train), config.batch_size, False))
+    for batch in train_batches(train, config, runtime, gen):
+        train_step(model, criterion, opt, batch, runtime)
+        scheduler.step()
+        after_step()
     averaged = ema.module.state_dict()
     for name, value in expected.items():
         torch.testing.assert_close(averaged[name], value, rtol=1e-5, atol=1e-6)

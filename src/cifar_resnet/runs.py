@@ -320,7 +320,7 @@ def lr_find(config: TrainConfig, out: str | Path, *, seeds: int = 3, force: bool
     """The range test of ``config`` over ``seeds`` seeds, written to ``out`` (lr_finder.json
     and lr_finder.png, replaced only once the test has run); its result."""
     from .plots import plot_lr_finder
-    from .training.setup import lr_range_test_seeds
+    from .training.fit import lr_range_test_seeds
 
     held = [n for n in RUN_FILES if n not in LR_FIND_FILES and (Path(out) / n).exists()]
     if held:

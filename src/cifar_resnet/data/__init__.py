@@ -4,19 +4,20 @@ the batched augmentation (``augment``)."""
 
 from .augment import augment, normalize
 from .load import CLASSES, Cifar10, channel_stats, default_cache_dir, load_cifar10
-from .splits import Split, limit_splits, prepare_splits, steps_per_epoch, train_batches
+from .splits import EpochLength, Split, epoch_order, limit_splits, prepare_splits, train_batches
 
 __all__ = [
     "CLASSES",
     "Cifar10",
+    "EpochLength",
     "Split",
     "augment",
     "channel_stats",
     "default_cache_dir",
+    "epoch_order",
     "limit_splits",
     "load_cifar10",
     "normalize",
     "prepare_splits",
-    "steps_per_epoch",
     "train_batches",
 ]

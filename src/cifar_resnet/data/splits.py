@@ -59,14 +59,27 @@ def prepare_splits(data: Cifar10, config: TrainConfig, runtime: Runtime) -> tupl
     )
 
 
-def epoch_images(n_train: int, batch_size: int, drop_last: bool = False) -> int:
-    """Training images one epoch uses: all, or with ``drop_last`` the full batches' only."""
-    return n_train - n_train % batch_size if drop_last else n_train
+@dataclass(frozen=True)
+class EpochLength:
+    """How long one training epoch is: the images it uses and the optimizer steps they make.
+
+    The one place ``--drop-last`` shortens an epoch; it decides where One Cycle peaks and
+    where a resumed epoch continues.
+    """
+
+    images: int  # all training images, or with drop_last the full batches' only
+    steps: int  # the last batch may be smaller, unless drop_last
+
+    @classmethod
+    def of(cls, n_train: int, batch_size: int, drop_last: bool) -> EpochLength:
+        """The epoch of ``n_train`` images in batches of ``batch_size``."""
+        images = n_train - n_train % batch_size if drop_last else n_train
+        return cls(images, math.ceil(images / batch_size))
 
 
-def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool = False) -> int:
-    """Optimizer steps in one epoch (the last batch may be smaller, unless ``drop_last``)."""
-    return math.ceil(epoch_images(n_train, batch_size, drop_last) / batch_size)
+def epoch_order(n: int, generator: torch.Generator) -> torch.Tensor:
+    """An epoch's data order: a permutation of ``n`` drawn from ``generator`` on its device."""
+    return torch.randperm(n, generator=generator, device=generator.device)
 
 
 def train_batches(
@@ -82,14 +95,14 @@ def train_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled, normalised, augmented batches ``(x (B,3,32,32), y (B,))``.
 
-    ``order`` (a permutation drawn from ``generator`` when not given) and
+    ``order`` (``epoch_order`` of ``generator`` when not given) and
     ``start_step`` let an interrupted epoch continue where it stopped. With
     ``dist``, each rank gets its shard of every global batch. With ``config.drop_last``
     the epoch ends before a last batch smaller than the others.
     """
-    n = epoch_images(len(split), config.batch_size, bool(config.drop_last))
+    n = EpochLength.of(len(split), config.batch_size, config.drop_last).images
     if order is None:
-        order = torch.randperm(len(split), generator=generator, device=split.images.device)
+        order = epoch_order(len(split), generator)
     aug_generator = aug_generator or generator
     for start in range(start_step * config.batch_size, n, config.batch_size):
         idx = shard(order[start : start + config.batch_size], dist.rank, dist.world)

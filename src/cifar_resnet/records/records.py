@@ -49,6 +49,7 @@ class TrainState:
     rng_ranks: list[dict[str, Any]] | None = None  # every rank's, when data-parallel
     ema: dict[str, Any] | None = None  # AveragedModel state_dict, with --ema-decay
     scaler: dict[str, Any] | None = None  # GradScaler state_dict, in fp16
+    steps_per_epoch: int | None = None  # optimizer steps an epoch (None: saved before it was)
 
     def to_dict(self) -> dict[str, Any]:
         """The dict ``torch.save`` writes: the format tag and every field (tensors not copied)."""
@@ -131,6 +132,7 @@ class RunSummary:
     images_per_second: float  # training images x epochs / train_seconds
     train_images: int
     test_images: int
+    steps_per_epoch: int  # optimizer steps in each epoch (the last batch kept unless drop_last)
     device: str  # what trained, e.g. "cuda (NVIDIA A100-SXM4-40GB)"
     precision: str  # fp32, bf16 or fp16 (autocast)
     processes: int

@@ -1,9 +1,8 @@
-"""One epoch of training: ``train_one_epoch``, and the ``StepMonitor`` that watches it.
+"""What watches the steps of an epoch: ``StepMonitor``, and the records it keeps.
 
-``train_one_epoch`` is the step itself (forward in the runtime's precision, backward,
-optimizer and schedule); everything around the step belongs to the monitor: the
-epoch's position and running sums (for an exact resume), the phase timer, the NaN
-check, the stop vote of data-parallel ranks, the progress bar and the callbacks.
+The step itself is ``fit.train_step``; everything around it belongs to the monitor: the
+epoch's position and running sums (``EpochState``, for an exact resume), the phase timer,
+the NaN check, the stop vote of data-parallel ranks, the progress bar and the callbacks.
 """
 
 from __future__ import annotations
@@ -14,11 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig
-from ..data.splits import epoch_images, steps_per_epoch
+from ..data.splits import EpochLength
 from ..distributed import SINGLE_PROCESS, Dist
 from ..errors import TrainingDiverged
 from ..records.records import EpochMetrics
@@ -28,7 +25,6 @@ from .profiling import PhaseTimer, no_lap
 # How often (in steps) a CUDA run reads back its loss to look for NaN/inf and, when
 # distributed, agrees on a stop request; on the CPU every step is checked (no sync cost).
 CUDA_CHECK_EVERY = 16
-_NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)  # the plain backward and step
 
 
 @dataclass
@@ -110,8 +106,8 @@ def console(progress: bool = True) -> Callbacks:
 class StepMonitor:
     """Watches the steps of one epoch: its position and sums, timings, losses, stop requests.
 
-    ``n_images`` is the split's size over all ranks; with ``config.drop_last`` the partial
-    batch is taken off. ``stop()`` is asked at every check (every step on the CPU, every
+    ``epoch`` is the epoch's length over all ranks (``Setup.epoch``); ``max_lr`` is named
+    when the loss diverges. ``stop()`` is asked at every check (every step on the CPU, every
     ``CUDA_CHECK_EVERY`` on CUDA, where reading the loss back synchronises), and the
     ranks vote; ``callbacks.on_step`` gets each step as ``step_offset`` + its step here.
     """
@@ -120,9 +116,9 @@ class StepMonitor:
         self,
         state: EpochState,
         runtime: Runtime,
-        config: TrainConfig,
+        epoch: EpochLength,
         *,
-        n_images: int,
+        max_lr: float | None = None,
         dist: Dist = SINGLE_PROCESS,
         stop: Callable[[], bool] | None = None,
         callbacks: Callbacks = Callbacks(),  # noqa: B008 (frozen: safe to share)
@@ -130,9 +126,8 @@ class StepMonitor:
         step_offset: int = 0,
     ) -> None:
         self.state, self.runtime, self.dist, self.stop = state, runtime, dist, stop
-        self.callbacks, self.step_offset, self.max_lr = callbacks, step_offset, config.max_lr
-        self.n_images = epoch_images(n_images, config.batch_size, bool(config.drop_last))
-        self.total = steps_per_epoch(self.n_images, config.batch_size)
+        self.callbacks, self.step_offset, self.max_lr = callbacks, step_offset, max_lr
+        self.n_images, self.total = epoch.images, epoch.steps
         self.check_every = 1 if runtime.device.type == "cpu" else CUDA_CHECK_EVERY
         self.lap = no_lap if callbacks.timer is None else callbacks.timer.lap
         self.desc, self.stopped = desc, False
@@ -193,7 +188,7 @@ class StepMonitor:
             raise TrainingDiverged(
                 f"the loss became {values[i].item()} at step {step + 1} of the epoch "
                 f"(LR {self.state.lrs[step]:.3e}); stopped, the last good checkpoint is kept; "
-                f"try a lower --max-lr than {self.max_lr:.3e}"
+                f"try a lower --max-lr than {self.max_lr or self.state.lrs[step]:.3e}"
             )
 
     def result(self) -> EpochResult:
@@ -216,41 +211,3 @@ class StepMonitor:
             seconds=state.seconds,
             lrs=state.lrs,
         )
-
-
-def train_one_epoch(
-    model: nn.Module,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    runtime: Runtime,
-    monitor: StepMonitor,
-    *,
-    scaler: torch.amp.GradScaler | None = None,
-    after_step: Callable[[], None] | None = None,
-) -> EpochResult:
-    """Train on ``batches`` (the rest of the epoch ``monitor.state`` describes).
-
-    ``scaler`` scales the loss in fp16 (``Runtime.grad_scaler``); ``after_step`` runs
-    after every optimizer step (the EMA of the weights).
-    """
-    scaler = scaler or _NO_SCALING
-    model.train()
-    for x, y in monitor.steps(batches):
-        lr = optimizer.param_groups[0]["lr"]
-        with runtime.autocast():
-            logits = model(x)  # (B, 10)
-            loss = criterion(logits, y)
-        monitor.lap("forward")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        monitor.lap("backward")
-        scaler.step(optimizer)  # skipped (in fp16) when a gradient overflowed
-        scaler.update()
-        scheduler.step()
-        if after_step is not None:
-            after_step()
-        monitor.lap("optimizer")
-        monitor.stepped(lr, loss, logits, y)
-    return monitor.result()

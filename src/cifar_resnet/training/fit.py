@@ -1,15 +1,20 @@
-"""``fit``: a training run, read top to bottom as its recipe.
+"""``fit``: a training run, read top to bottom as its recipe, and ``train_step``, the one
+step that it and the LR range test (``find_lr``) take.
 
 Set up (device, data, model, optimizer, in a fixed order so a seed means the same run),
 resolve the LRs (the range test, or the given ones), wrap the model (DDP,
 ``torch.compile``), build the schedule, restore a checkpoint when resuming, then train
-and evaluate epoch by epoch, and summarise. Each step returns what the next one takes.
+and evaluate epoch by epoch, and summarise. What the run holds as it goes is one
+``Training``; the helpers below ``fit`` take it, not its parts.
 
 Robustness: a checkpoint is written atomically after every epoch; SIGINT/SIGTERM finish
 the current step, write a checkpoint holding the position inside the epoch, and raise
 ``TrainingInterrupted``; ``fit(..., resume=state)`` continues from any such checkpoint
 and, on the CPU with a seed, ends bit for bit where an unbroken run ends. A NaN or
 infinite loss stops the run with the step and LR named, keeping the last good checkpoint.
+
+The range test's drivers live here, beside the step they run: ``lr_finder`` holds the
+sweep's settings and the choice from its curve, and needs no model.
 """
 
 from __future__ import annotations
@@ -17,33 +22,27 @@ from __future__ import annotations
 import signal
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..data.load import Cifar10
-from ..data.splits import epoch_images, steps_per_epoch, train_batches
+from ..data.load import Cifar10, load_cifar10
+from ..data.splits import epoch_order, train_batches
 from ..distributed import Dist, per_rank_batch, process_group
-from ..errors import ConfigError, TrainingInterrupted
+from ..errors import CheckpointError, ConfigError, TrainingInterrupted
 from ..inference.evaluation import evaluate
 from ..model.custom_resnet import count_parameters
-from ..records.checkpoint import resumed_config, train_state
+from ..records.checkpoint import resumed_config
 from ..records.records import EpochMetrics, LRFinderResult, RunSummary, TrainState
 from ..records.run_folder import RunFolder
-from ..runtime import device_type, resolve_runtime
-from .epoch import (
-    Callbacks,
-    EpochInterrupted,
-    EpochResult,
-    EpochState,
-    StepMonitor,
-    console,
-    train_one_epoch,
-)
+from ..runtime import Runtime, device_type, resolve_runtime
+from .epoch import Callbacks, EpochInterrupted, EpochResult, EpochState, StepMonitor, console
 from .lifecycle import (
     capture_rng,
     check_resumable,
@@ -51,17 +50,19 @@ from .lifecycle import (
     saved_device_type,
     stop_on_signals,
 )
+from .lr_finder import LRs, Sweep, curve_result, diverged, preserved_state, with_spread
+from .profiling import no_lap
 from .run_log import RunLog, check_tensorboard, final_figures
 from .setup import (
-    LRs,
     Setup,
     build_criterion,
     build_ema,
     build_scheduler,
-    resolve_lrs,
     setup_training,
     wrap,
 )
+
+_NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)  # the plain backward and step
 
 
 @dataclass
@@ -76,11 +77,15 @@ class History:
     model: nn.Module | None = None  # the evaluated weights (the EMA's, with --ema-decay)
 
 
-@dataclass(frozen=True)
-class Stepper:
-    """What each training step uses besides the set-up: the wrapped network, the loss, the
-    schedule, the EMA of the weights, fp16's loss scaling, a rank's augmentation stream."""
+@dataclass
+class Training:
+    """A run in progress: what trains and with what (fixed once built), and how far it has
+    come (``epochs`` and what follows, updated as it trains)."""
 
+    config: TrainConfig  # resolved: precision, max_lr and min_lr filled in
+    setup: Setup  # runtime, data, splits, epoch length, model, optimizer, data-order generator
+    dist: Dist
+    lrs: LRs
     net: nn.Module  # what trains: the model, or its DDP / compiled wrapper
     criterion: nn.Module
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -88,28 +93,48 @@ class Stepper:
     scaler: torch.amp.GradScaler
     aug_generator: torch.Generator | None  # per-rank augmentation stream when distributed
     compile_seconds: float | None
-
-    def evaluated(self, model: nn.Module) -> nn.Module:
-        """The weights evaluated, reported and saved as the model: the EMA's when there is one."""
-        return model if self.ema is None else self.ema.module
-
-
-@dataclass
-class Progress:
-    """How far a run has come: its finished epochs, every step's LR, the seconds trained,
-    and where an interrupted epoch stands."""
-
-    epochs_done: int = 0
-    epochs: list[dict[str, Any]] = field(default_factory=list)  # EpochMetrics dicts
-    step_lrs: list[float] = field(default_factory=list)
+    epochs: list[EpochMetrics] = field(default_factory=list)  # finished epochs
+    step_lrs: list[float] = field(default_factory=list)  # the LR of every step so far
     train_seconds: float = 0.0
-    epoch_state: EpochState | None = None
+    epoch_state: EpochState | None = None  # where an interrupted epoch stands (resuming)
+
+    def evaluated(self) -> nn.Module:
+        """The weights evaluated, reported and saved as the model: the EMA's when there is one."""
+        return self.setup.model if self.ema is None else self.ema.module
 
     def add(self, metrics: EpochMetrics, result: EpochResult) -> None:
-        self.epochs_done = metrics.epoch
-        self.epochs.append(metrics.to_dict())
+        """A finished epoch."""
+        self.epochs.append(metrics)
         self.step_lrs += result.lrs
         self.train_seconds += result.seconds
+
+
+def train_step(
+    net: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    runtime: Runtime,
+    *,
+    scaler: torch.amp.GradScaler = _NO_SCALING,
+    lap: Callable[[str], None] = no_lap,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on ``batch``: forward in the runtime's precision, backward, update.
+
+    Returns the loss and the logits (B, 10). ``scaler`` scales the loss in fp16
+    (``Runtime.grad_scaler``); ``lap`` marks the end of each phase (``profiling``).
+    """
+    x, y = batch
+    with runtime.autocast():
+        logits = net(x)  # (B, 10)
+        loss = criterion(logits, y)
+    lap("forward")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    lap("backward")
+    scaler.step(optimizer)  # skipped (in fp16) when a gradient overflowed
+    scaler.update()
+    return loss, logits
 
 
 def fit(
@@ -118,7 +143,7 @@ def fit(
     *,
     run: RunFolder | None = None,
     progress: bool = True,
-    resume: TrainState | dict[str, Any] | None = None,
+    resume: TrainState | None = None,
     callbacks: Callbacks | None = None,
 ) -> History:
     """Train a CustomResNet as ``config`` says; evaluate on the test split after every epoch.
@@ -130,57 +155,72 @@ def fit(
     ``callbacks`` (default ``console(progress)``) is what the caller sees. Under
     torchrun, trains data-parallel (see ``distributed``).
     """
-    state = None if resume is None else train_state(resume)
-    if state is not None:
-        config = continued_here(resumed_config(state, config.to_dict()), state)
+    if resume is not None:
+        config = continued_here(resumed_config(resume, config.to_dict()), resume)
     callbacks = console(progress) if callbacks is None else callbacks
     check_devices(config)
     with process_group(config.device) as dist:
         if not dist.is_main:  # rank 0 alone writes and shows progress
             run, callbacks = None, Callbacks()
-        return _fit(config, data, run, callbacks, state, dist)
-
-
-def _fit(
-    config: TrainConfig,
-    data: Cifar10 | None,
-    folder: RunFolder | None,
-    callbacks: Callbacks,
-    resume: TrainState | None,
-    dist: Dist,
-) -> History:
-    per_rank_batch(config.batch_size, dist.world)
-    check_tensorboard(config, folder, dist.is_main)
-    s = setup_training(config, data, callbacks.progress, dist)
-    config = config.replace(precision=s.runtime.precision)  # record what "auto" chose
-    if resume is not None:
-        check_resumable(resume, s.data, s.train)
-    lrs = resolve_lrs(config, s, resume, dist, callbacks.progress)
-    config = config.replace(max_lr=lrs.max_lr, min_lr=lrs.min_lr)
-    step = _stepper(s, config, dist)
-    so_far = Progress() if resume is None else _restore(resume, s, step, config, dist)
-    spe = steps_per_epoch(len(s.train), config.batch_size, bool(config.drop_last))
-    with RunLog(folder, config, callbacks, spe, resume) as log:
-        log.start(config, lrs, resume)
-        t0 = time.perf_counter()
-        with stop_on_signals(folder is not None or dist.enabled) as received:
-            for epoch in range(so_far.epochs_done + 1, config.epochs + 1):
-                try:
-                    result = _train_epoch(s, step, config, dist, so_far, epoch, received, log)
-                except EpochInterrupted as stop:
-                    log.checkpoint(_checkpoint(s, step, config, lrs, so_far, dist, stop.state))
-                    signum = received[0] if received else signal.SIGTERM
-                    raise TrainingInterrupted(signum, epoch, stop.state.step) from None
-                metrics = _evaluate_epoch(s, step, config, dist, epoch, result)
-                so_far.add(metrics, result)
-                log.epoch(metrics, _checkpoint(s, step, config, lrs, so_far, dist))
-                if received and epoch < config.epochs:
-                    raise TrainingInterrupted(received[0], epoch + 1, 0)
-        summary = _summary(s, step, config, lrs, so_far, dist, time.perf_counter() - t0, resume)
-        model = step.evaluated(s.model)
-        final = log.finish(summary, config, lambda: final_figures(
-            model, s.test, list(s.data.classes), s.runtime, config.eval_batch_size))  # fmt: skip
-    return History(config, so_far.epochs, so_far.step_lrs, final, lrs.finder, model)
+        per_rank_batch(config.batch_size, dist.world)
+        check_tensorboard(config, run, dist.is_main)
+        s = setup_training(config, data, callbacks.progress, dist)
+        config = config.replace(precision=s.runtime.precision)  # record what "auto" chose
+        if resume is not None:
+            _check_resumable(resume, s)
+        lrs = resolve_lrs(config, s, resume, dist, callbacks.progress)
+        config = config.replace(max_lr=lrs.max_lr, min_lr=lrs.min_lr)
+        t = _training(s, config, dist, lrs)
+        if resume is not None:
+            _restore(t, resume)
+        with RunLog(run, config, callbacks, s.epoch.steps, resume) as log:
+            log.start(config, lrs, resume)
+            t0 = time.perf_counter()
+            with stop_on_signals(run is not None or dist.enabled) as received:
+                for epoch in range(len(t.epochs) + 1, config.epochs + 1):
+                    state = t.epoch_state or EpochState(epoch_order(len(s.train), s.generator))
+                    t.epoch_state = None
+                    batches = train_batches(
+                        s.train, config, s.runtime, s.generator, order=state.order,
+                        start_step=state.step, dist=dist, aug_generator=t.aug_generator,
+                    )  # fmt: skip
+                    monitor = StepMonitor(
+                        state, s.runtime, s.epoch, max_lr=config.max_lr, dist=dist,
+                        stop=lambda: bool(received), callbacks=log.callbacks,
+                        desc=f"epoch {epoch}/{config.epochs}",
+                        step_offset=(epoch - 1) * s.epoch.steps,
+                    )  # fmt: skip
+                    t.net.train()
+                    for x, y in monitor.steps(batches):
+                        lr = s.optimizer.param_groups[0]["lr"]
+                        loss, logits = train_step(
+                            t.net, t.criterion, s.optimizer, (x, y), s.runtime,
+                            scaler=t.scaler, lap=monitor.lap,
+                        )  # fmt: skip
+                        t.scheduler.step()
+                        if t.ema is not None:
+                            t.ema.update_parameters(s.model)
+                        monitor.lap("optimizer")
+                        monitor.stepped(lr, loss, logits, y)
+                    try:
+                        result = monitor.result()
+                    except EpochInterrupted as stop:
+                        log.checkpoint(_checkpoint(t, stop.state))
+                        signum = received[0] if received else signal.SIGTERM
+                        raise TrainingInterrupted(signum, epoch, stop.state.step) from None
+                    metrics = _evaluate_epoch(t, epoch, result)
+                    t.add(metrics, result)
+                    log.epoch(metrics, _checkpoint(t))
+                    if received and epoch < config.epochs:
+                        raise TrainingInterrupted(received[0], epoch + 1, 0)
+            summary = _summary(t, time.perf_counter() - t0, resumed=resume is not None)
+            model = t.evaluated()
+            figures = lambda: final_figures(  # noqa: E731 (drawn only for TensorBoard)
+                model, s.test, list(s.data.classes), s.runtime, config.eval_batch_size
+            )
+            final = log.finish(summary, config, figures)
+    epochs = [m.to_dict() for m in t.epochs]
+    return History(config, epochs, t.step_lrs, final, lrs.finder, model)
 
 
 def check_devices(config: TrainConfig) -> None:
@@ -212,7 +252,17 @@ def continued_here(config: TrainConfig, state: TrainState) -> TrainConfig:
     return config.replace(precision=precision)
 
 
-def _stepper(s: Setup, config: TrainConfig, dist: Dist) -> Stepper:
+def _check_resumable(state: TrainState, s: Setup) -> None:
+    """The data must be the checkpoint's, cut into epochs of the same length."""
+    check_resumable(state, s.data, s.train)
+    if state.steps_per_epoch is not None and state.steps_per_epoch != s.epoch.steps:
+        raise CheckpointError(
+            f"the checkpoint's epochs had {state.steps_per_epoch} steps, this data makes "
+            f"{s.epoch.steps}; pass the --data-dir it was trained on"
+        )
+
+
+def _training(s: Setup, config: TrainConfig, dist: Dist, lrs: LRs) -> Training:
     """The wrapped network, loss, One Cycle schedule, EMA and loss scaling of a run."""
     criterion = build_criterion(config)
     # Ranks share the data order (``s.generator``) but draw their own augmentations.
@@ -221,38 +271,36 @@ def _stepper(s: Setup, config: TrainConfig, dist: Dist) -> Stepper:
         aug_generator = torch.Generator(device=s.runtime.device)
         aug_generator.manual_seed(config.seed + 1 + dist.rank)
     net, compile_seconds = wrap(s, config, criterion, dist, aug_generator)
-    scheduler = build_scheduler(s.optimizer, config, len(s.train))
-    return Stepper(net, criterion, scheduler, build_ema(s.model, config),
-                   s.runtime.grad_scaler(), aug_generator, compile_seconds)  # fmt: skip
+    scheduler = build_scheduler(s.optimizer, config, s.epoch)
+    return Training(config, s, dist, lrs, net, criterion, scheduler, build_ema(s.model, config),
+                    s.runtime.grad_scaler(), aug_generator, compile_seconds)  # fmt: skip
 
 
-def _restore(
-    state: TrainState, s: Setup, step: Stepper, config: TrainConfig, dist: Dist
-) -> Progress:
+def _restore(t: Training, state: TrainState) -> None:
     """Continue from a checkpoint: weights, optimizer, schedule, EMA, RNGs, records so far."""
+    s, dist = t.setup, t.dist
     s.model.load_state_dict(state.model)
     _load_optimizer(s.optimizer, state.optimizer)
-    step.scheduler.load_state_dict(state.scheduler)
-    if step.ema is not None:
-        step.ema.load_state_dict(state.ema)
-    if state.scaler is not None and step.scaler.is_enabled():
-        step.scaler.load_state_dict(state.scaler)
+    t.scheduler.load_state_dict(state.scheduler)
+    if t.ema is not None:
+        t.ema.load_state_dict(state.ema)
+    if state.scaler is not None and t.scaler.is_enabled():
+        t.scaler.load_state_dict(state.scaler)
     ranks = state.rng_ranks or [state.rng]
     if len(ranks) == dist.world:  # each rank continues its own random streams
-        carried = restore_rng(ranks[dist.rank], s.generator, step.aug_generator)
+        carried = restore_rng(ranks[dist.rank], s.generator, t.aug_generator)
     else:  # another number of processes: shared streams from rank 0, fresh augmentation
-        aug = step.aug_generator if dist.is_main else None
+        aug = t.aug_generator if dist.is_main else None
         carried = restore_rng(state.rng, s.generator, aug)
     if not carried:  # saved on another kind of device (``continued_here`` said so)
-        seed = config.seed + 1_000_003 * (state.epoch + 1) + dist.rank
+        seed = t.config.seed + 1_000_003 * (state.epoch + 1) + dist.rank
         s.generator.manual_seed(seed)
-        if step.aug_generator is not None:
-            step.aug_generator.manual_seed(seed + 1)
-    epoch_state = None
+        if t.aug_generator is not None:
+            t.aug_generator.manual_seed(seed + 1)
     if state.epoch_state is not None:
-        epoch_state = EpochState.from_dict(state.epoch_state, s.runtime.device)
-    return Progress(state.epoch, list(state.metrics), list(state.step_lrs),
-                    state.train_seconds, epoch_state)  # fmt: skip
+        t.epoch_state = EpochState.from_dict(state.epoch_state, s.runtime.device)
+    t.epochs = [EpochMetrics.from_dict(m) for m in state.metrics]
+    t.step_lrs, t.train_seconds = list(state.step_lrs), state.train_seconds
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
@@ -263,46 +311,17 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> 
     optimizer.load_state_dict({**saved, "param_groups": groups})  # places state by own kernels
 
 
-def _train_epoch(
-    s: Setup, step: Stepper, config: TrainConfig, dist: Dist, so_far: Progress, epoch: int,
-    received: list[int], log: RunLog,
-) -> EpochResult:  # fmt: skip
-    """Train one epoch (or the rest of an interrupted one)."""
-    state = so_far.epoch_state or EpochState(
-        torch.randperm(len(s.train), generator=s.generator, device=s.runtime.device)
-    )
-    so_far.epoch_state = None
-    batches = train_batches(
-        s.train, config, s.runtime, s.generator, order=state.order, start_step=state.step,
-        dist=dist, aug_generator=step.aug_generator,
-    )  # fmt: skip
-    n_images = epoch_images(len(s.train), config.batch_size, bool(config.drop_last))
-    monitor = StepMonitor(
-        state, s.runtime, config, n_images=n_images, dist=dist, stop=lambda: bool(received),
-        callbacks=log.callbacks, desc=f"epoch {epoch}/{config.epochs}",
-        step_offset=(epoch - 1) * log.steps_per_epoch,
-    )  # fmt: skip
-    ema = step.ema
-    average = None if ema is None else lambda: ema.update_parameters(s.model)
-    return train_one_epoch(
-        step.net, step.criterion, s.optimizer, step.scheduler, batches, s.runtime, monitor,
-        scaler=step.scaler, after_step=average,
-    )  # fmt: skip
-
-
-def _evaluate_epoch(
-    s: Setup, step: Stepper, config: TrainConfig, dist: Dist, epoch: int, result: EpochResult
-) -> EpochMetrics:
+def _evaluate_epoch(t: Training, epoch: int, result: EpochResult) -> EpochMetrics:
     """Test-split figures of the epoch's weights."""
     # Evaluate the plain module (DDP's forward would expect every rank to join), with rank
     # 0's BatchNorm statistics everywhere, the EMA's too (it averages each rank's own): the
     # reported accuracy is the saved model's.
-    dist.broadcast_buffers(s.model)
-    if step.ema is not None:
-        dist.broadcast_buffers(step.ema.module)  # not its update count, the same everywhere
+    t.dist.broadcast_buffers(t.setup.model)
+    if t.ema is not None:
+        t.dist.broadcast_buffers(t.ema.module)  # not its update count, the same everywhere
     ev = evaluate(
-        step.evaluated(s.model), s.test, s.runtime,
-        batch_size=config.eval_batch_size, dist=dist, tta=bool(config.tta),
+        t.evaluated(), t.setup.test, t.setup.runtime,
+        batch_size=t.config.eval_batch_size, dist=t.dist, tta=t.config.tta,
     )  # fmt: skip
     return EpochMetrics(
         epoch=epoch, lr=result.lrs[-1], train_loss=result.loss, train_acc=result.acc,
@@ -311,45 +330,151 @@ def _evaluate_epoch(
     )  # fmt: skip
 
 
-def _checkpoint(
-    s: Setup, step: Stepper, config: TrainConfig, lrs: LRs, so_far: Progress, dist: Dist,
-    epoch_state: EpochState | None = None,
-) -> TrainState:  # fmt: skip
-    """The run as it stands after ``so_far.epochs_done`` epochs (and ``epoch_state``'s steps).
+def _checkpoint(t: Training, epoch_state: EpochState | None = None) -> TrainState:
+    """The run as it stands after its finished epochs (and ``epoch_state``'s steps).
 
     Every rank calls it: it gathers their random states.
     """
-    rngs = dist.gather_objects(capture_rng(s.generator, step.aug_generator))
+    s = t.setup
+    rngs = t.dist.gather_objects(capture_rng(s.generator, t.aug_generator))
     return TrainState(
-        model=s.model.state_dict(), config=config.to_dict(), classes=list(s.data.classes),
-        mean=s.train.mean.cpu(), std=s.train.std.cpu(), epoch=so_far.epochs_done,
-        optimizer=s.optimizer.state_dict(), scheduler=step.scheduler.state_dict(),
+        model=s.model.state_dict(), config=t.config.to_dict(), classes=list(s.data.classes),
+        mean=s.train.mean.cpu(), std=s.train.std.cpu(), epoch=len(t.epochs),
+        optimizer=s.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
         epoch_state=None if epoch_state is None else epoch_state.to_dict(),
-        lr_source=lrs.source, metrics=so_far.epochs, step_lrs=so_far.step_lrs,
-        train_seconds=so_far.train_seconds, rng=rngs[0],
-        rng_ranks=rngs if dist.enabled else None,
-        ema=None if step.ema is None else step.ema.state_dict(),
-        scaler=step.scaler.state_dict() or None,
+        lr_source=t.lrs.source, metrics=[m.to_dict() for m in t.epochs],
+        step_lrs=list(t.step_lrs), train_seconds=t.train_seconds, rng=rngs[0],
+        rng_ranks=rngs if t.dist.enabled else None,
+        ema=None if t.ema is None else t.ema.state_dict(),
+        scaler=t.scaler.state_dict() or None, steps_per_epoch=s.epoch.steps,
     )  # fmt: skip
 
 
-def _summary(
-    s: Setup, step: Stepper, config: TrainConfig, lrs: LRs, so_far: Progress, dist: Dist,
-    total_seconds: float, resume: TrainState | None,
-) -> RunSummary:  # fmt: skip
+def _summary(t: Training, total_seconds: float, *, resumed: bool) -> RunSummary:
     """What the finished run measured (final.json adds its settings)."""
-    last = EpochMetrics.from_dict(so_far.epochs[-1])
-    images = epoch_images(len(s.train), config.batch_size, bool(config.drop_last))
+    s, config, last = t.setup, t.config, t.epochs[-1]
     return RunSummary(
         test_acc=last.test_acc, test_loss=last.test_loss, train_acc=last.train_acc,
-        train_loss=last.train_loss, train_seconds=so_far.train_seconds,
+        train_loss=last.train_loss, train_seconds=t.train_seconds,
         total_seconds=total_seconds,
-        images_per_second=images * config.epochs / so_far.train_seconds,
-        train_images=len(s.train), test_images=len(s.test), device=s.runtime.describe(),
-        precision=s.runtime.precision, processes=dist.world,
-        compile_seconds=step.compile_seconds, torch=torch.__version__,
-        params=count_parameters(s.model), lr_source=lrs.source, resumed=resume is not None,
+        images_per_second=s.epoch.images * config.epochs / t.train_seconds,
+        train_images=len(s.train), test_images=len(s.test), steps_per_epoch=s.epoch.steps,
+        device=s.runtime.describe(), precision=s.runtime.precision, processes=t.dist.world,
+        compile_seconds=t.compile_seconds, torch=torch.__version__,
+        params=count_parameters(s.model), lr_source=t.lrs.source, resumed=resumed,
         data=s.data.source, mean=s.train.mean.tolist(), std=s.train.std.tolist(),
         classes=list(s.data.classes), test_acc_tta=last.test_acc_tta,
         test_loss_tta=last.test_loss_tta,
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The LR range test: the training step at each LR of a sweep
+
+
+def find_lr(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | Iterable[Any],
+    sweep: Sweep = Sweep(),  # noqa: B008 (frozen: safe to share)
+    *,
+    runtime: Runtime | None = None,
+    generators: tuple[torch.Generator, ...] = (),
+    progress: bool = True,
+) -> LRFinderResult:
+    """Run the range test and choose LRMAX/LRMIN; model, optimizer and RNGs are left as found.
+
+    ``batches`` is a function returning a fresh iterator of ``(inputs, labels)``
+    (called again whenever one runs out) or a re-iterable such as a DataLoader.
+    ``runtime`` (default: fp32 on the model's device) sets the step's precision.
+    ``generators``: the run's data-order generator (and its augmentation's), restored too.
+    """
+    if runtime is None:
+        runtime = Runtime(next(model.parameters()).device, None, channels_last=False)
+    stream = _endless(batches if callable(batches) else batches.__iter__)
+    scaler = runtime.grad_scaler()
+    lrs: list[float] = []
+    losses: list[float] = []
+    stopped = False
+    with preserved_state(model, optimizer, generators):
+        model.train()
+        for lr in tqdm(sweep.lrs(), desc="LR range test", unit="step", leave=False,
+                       disable=not progress):  # fmt: skip
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, _ = train_step(model, criterion, optimizer, next(stream), runtime, scaler=scaler)
+            lrs.append(lr)
+            losses.append(loss.item())
+            if diverged(losses, sweep.diverge_factor):
+                stopped = True
+                break
+    return curve_result(lrs, losses, stopped, sweep)
+
+
+def _endless(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    """Batches from ``make()``, calling it again whenever an iterator runs out."""
+    while True:
+        empty = True
+        for batch in make():
+            empty = False
+            yield batch
+        if empty:
+            raise ConfigError("the LR range test got no batches; check the training data")
+
+
+def find_training_lr(s: Setup, config: TrainConfig, progress: bool = True) -> LRFinderResult:
+    """The LR range test with the training step's data path, batch size, loss and precision."""
+    return find_lr(
+        s.model, s.optimizer, build_criterion(config),
+        lambda: train_batches(s.train, config, s.runtime, s.generator), Sweep.of(config),
+        runtime=s.runtime, generators=(s.generator,), progress=progress,
+    )  # fmt: skip
+
+
+def lr_range_test(
+    config: TrainConfig, data: Cifar10 | None = None, *, progress: bool = True
+) -> LRFinderResult:
+    """The LR range test that ``fit`` would run for ``config``, on its own."""
+    return find_training_lr(setup_training(config, data, progress), config, progress)
+
+
+def lr_range_test_seeds(
+    config: TrainConfig, data: Cifar10 | None = None, seeds: int = 3, *, progress: bool = True
+) -> LRFinderResult:
+    """The range test of ``config`` with its spread: the test once for each of ``seeds`` seeds.
+
+    The result is the first seed's (``config.seed``: the choice ``fit`` makes), with
+    every seed's LRMAX and their spread (largest / smallest) in ``spread``.
+    """
+    if data is None:
+        data = load_cifar10(config.data_dir, config.cache_dir, progress=progress)
+    results = []
+    for i in range(seeds):
+        if progress and seeds > 1:
+            tqdm.write(f"LR range test, seed {config.seed + i} ({i + 1} of {seeds})")
+        results.append(lr_range_test(config.replace(seed=config.seed + i), data, progress=progress))
+    if seeds == 1:
+        return results[0]
+    return with_spread(results[0], [config.seed + i for i in range(seeds)], results[1:])
+
+
+def resolve_lrs(
+    config: TrainConfig, setup: Setup, resume: TrainState | None, dist: Dist, progress: bool
+) -> LRs:
+    """LRMAX and LRMIN: saved (resume), found by the range test, or given."""
+    if resume is not None:
+        return LRs(config.max_lr, config.min_lr, resume.lr_source)
+    finder = None
+    if config.max_lr is None:
+        finder = find_training_lr(setup, config, progress)
+        found = [finder.max_lr, finder.min_lr]
+        max_lr, min_lr = dist.broadcast_floats(found, setup.runtime.device)
+        if config.min_lr is not None:
+            min_lr = min(config.min_lr, max_lr)
+    else:
+        max_lr = config.max_lr
+        min_lr = config.min_lr if config.min_lr is not None else max_lr / config.min_lr_divisor
+    if min_lr > max_lr:
+        raise ConfigError(f"--min-lr ({min_lr}) must not exceed the peak LR ({max_lr})")
+    return LRs(max_lr, min_lr, "found" if finder is not None else "given", finder)

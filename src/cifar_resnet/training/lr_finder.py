@@ -1,10 +1,12 @@
-"""LR range test ("FIND"): pick LRMAX and LRMIN for the One Cycle schedule.
+"""LR range test ("FIND"): the sweep's LRs, when it stops, and LRMAX and LRMIN from its curve.
 
-The sweep runs the real training step (same model, optimizer, loss, batch size,
-precision and augmented batches) ``num_iter`` times while the LR grows exponentially
-from ``start_lr`` to ``end_lr``, records every raw loss, and stops early once the loss
-has clearly diverged; weights, BatchNorm statistics, optimizer and RNG states and the
-train flag are restored afterwards, so training starts as it would without the test.
+The sweep itself is run by ``fit.find_lr`` with the training step (``fit.train_step``: same
+model, optimizer, loss, batch size, precision and augmented batches) ``num_iter`` times while
+the LR grows exponentially from ``start_lr`` to ``end_lr``; it records every raw loss and
+stops early once the loss has clearly diverged (``diverged``); weights, BatchNorm
+statistics, optimizer and RNG states and the train flag are restored afterwards
+(``preserved_state``), so training starts as it would without the test. This module holds
+what needs no model: the sweep's settings, the smoothing and the choice.
 
 The curve is smoothed by a Gaussian over log10(LR), ``smooth_decades`` wide and centred
 (so, unlike the exponential moving average of fastai and torch-lr-finder, it does not
@@ -27,19 +29,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import FINDER_RULES, TrainConfig
 from ..errors import ConfigError
 from ..records.records import LRFinderResult
-from ..runtime import Runtime
 from .lifecycle import capture_rng, restore_rng
 
 FLOOR_FRACTION = 0.2  # the floor: smoothed loss within this fraction of its fall from the start
@@ -145,18 +144,7 @@ def choose_lrs(
     return float(max_lr), float(max_lr / min_lr_divisor)
 
 
-def _endless(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
-    """Batches from ``make()``, calling it again whenever an iterator runs out."""
-    while True:
-        empty = True
-        for batch in make():
-            empty = False
-            yield batch
-        if empty:
-            raise ConfigError("the LR range test got no batches; check the training data")
-
-
-def _diverged(losses: list[float], factor: float) -> bool:
+def diverged(losses: list[float], factor: float) -> bool:
     """The last step's loss is not finite, or the recent mean is ``factor`` x its best so far."""
     if not math.isfinite(losses[-1]):
         return True
@@ -189,6 +177,10 @@ class Sweep:
             rules = ", ".join(FINDER_RULES)
             raise ConfigError(f"--finder-rule must be one of {rules}, got {self.rule!r}")
 
+    def lrs(self) -> list[float]:
+        """The LR of each step: ``num_iter`` values growing geometrically."""
+        return np.geomspace(self.start_lr, self.end_lr, self.num_iter).tolist()
+
     @classmethod
     def of(cls, config: TrainConfig) -> Sweep:
         """The sweep a training config asks for (its ``finder_*`` settings)."""
@@ -201,75 +193,33 @@ class Sweep:
         )
 
 
-def find_lr(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
-    batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | Iterable[Any],
-    sweep: Sweep = Sweep(),  # noqa: B008 (frozen: safe to share)
-    *,
-    runtime: Runtime | None = None,
-    generators: Sequence[torch.Generator] = (),
-    progress: bool = True,
-) -> LRFinderResult:
-    """Run the range test and choose LRMAX/LRMIN; model, optimizer and RNGs are left as found.
+@dataclass(frozen=True)
+class LRs:
+    """A run's LRMAX and LRMIN and where they come from."""
 
-    ``batches`` is a function returning a fresh iterator of ``(inputs, labels)``
-    (called again whenever one runs out) or a re-iterable such as a DataLoader.
+    max_lr: float
+    min_lr: float
+    source: str  # "found" by the range test or "given" (or saved, as the checkpoint says)
+    finder: LRFinderResult | None = None  # the range test, when it ran
+
+
+def curve_result(
+    lrs: list[float], losses: list[float], stopped: bool, sweep: Sweep
+) -> LRFinderResult:
+    """The range test's record: its curve (raw and smoothed) and the LRs chosen from it.
+
+    ``stopped``: the sweep ended early because the loss diverged.
     """
-    make = batches if callable(batches) else batches.__iter__
-    with preserved_state(model, optimizer, generators):
-        lrs, losses, diverged = _sweep(model, optimizer, criterion, _endless(make), sweep,
-                                       runtime, progress)  # fmt: skip
-    if not math.isfinite(losses[-1]):  # keep the JSON finite: the curve ends before it
+    if losses and not math.isfinite(losses[-1]):  # keep the JSON finite: the curve ends before
         lrs, losses = lrs[:-1], losses[:-1]
     smoothed = smooth_curve(lrs, losses, sweep.smooth_decades) if lrs else []
     max_lr, min_lr = choose_lrs(lrs, smoothed, rule=sweep.rule, min_lr_divisor=sweep.min_lr_divisor)
     floor = list(valley_floor(lrs, smoothed)) if sweep.rule == "floor" else None
     return LRFinderResult(
         lrs=lrs, losses=losses, smoothed=smoothed, max_lr=max_lr, min_lr=min_lr,
-        rule=sweep.rule, min_lr_divisor=sweep.min_lr_divisor, diverged=diverged, floor=floor,
+        rule=sweep.rule, min_lr_divisor=sweep.min_lr_divisor, diverged=stopped, floor=floor,
         smooth_decades=sweep.smooth_decades,
     )  # fmt: skip
-
-
-def _sweep(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
-    stream: Iterator[tuple[torch.Tensor, torch.Tensor]],
-    sweep: Sweep,
-    runtime: Runtime | None,
-    progress: bool,
-) -> tuple[list[float], list[float], bool]:
-    """The training step at each LR of the sweep: the LRs, raw losses, and whether it
-    stopped early because the loss diverged."""
-    autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
-    scaler = runtime.grad_scaler() if runtime is not None else torch.amp.GradScaler(enabled=False)
-    lrs: list[float] = []
-    losses: list[float] = []
-    model.train()
-    bar = tqdm(total=sweep.num_iter, desc="LR range test", unit="step", leave=False,
-               disable=not progress)  # fmt: skip
-    try:
-        for lr in np.geomspace(sweep.start_lr, sweep.end_lr, sweep.num_iter).tolist():
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = next(stream)
-            with autocast():
-                loss = criterion(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            lrs.append(lr)
-            losses.append(loss.item())
-            bar.update()
-            if _diverged(losses, sweep.diverge_factor):
-                return lrs, losses, True
-        return lrs, losses, False
-    finally:
-        bar.close()
 
 
 def with_spread(result: LRFinderResult, seeds: Sequence[int], others: Sequence[LRFinderResult]):

@@ -1,11 +1,11 @@
-"""Where a training step's time goes: a lap timer for the phases of ``train_one_epoch``.
+"""Where a training step's time goes: a lap timer for the phases of ``fit``'s training step.
 
 A ``PhaseTimer`` passed as ``Callbacks(timer=PhaseTimer(device))`` to the ``StepMonitor``
-of ``train_one_epoch`` (``training/epoch.py``) marks the end of each phase of every step:
-augmentation (gather, normalise, crop/flip/cutout, layout), forward (model and loss),
-backward (zero_grad and the backward pass), optimizer (the step, the scheduler, the EMA's
-update) and bookkeeping (device-side sums, progress bar, NaN checks). Time between two
-marks goes to the later one.
+of an epoch (``fit``, whose ``train_step`` takes the monitor's ``lap``) marks the end of
+each phase of every step: augmentation (gather, normalise, crop/flip/cutout, layout),
+forward (model and loss), backward (zero_grad and the backward pass), optimizer (the
+step, the scheduler, the EMA's update) and bookkeeping (device-side sums, progress bar,
+NaN checks). Time between two marks goes to the later one.
 
 On CUDA each mark records a CUDA event as well as the host clock, so nothing
 synchronises inside the loop: device time per phase is read once, at the end,

@@ -24,7 +24,7 @@ from ..records.records import EpochMetrics, RunSummary, TrainState
 from ..records.run_folder import RunFolder
 from ..runtime import Runtime
 from .epoch import Callbacks
-from .setup import LRs
+from .lr_finder import LRs
 from .tensorboard_log import TensorBoardLog, check_available
 
 

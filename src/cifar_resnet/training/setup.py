@@ -1,32 +1,29 @@
-"""What a config builds before the first step: the parts of a run, its LRs, its wrapping.
+"""What a config builds before the first step: the parts of a run and their wrapping.
 
-``setup_training`` builds the runtime, data, splits, model, optimizer and data-order
-generator in a fixed order, so a seed means the same run everywhere; ``resolve_lrs``
-gives LRMAX and LRMIN (saved, found by the range test, or given); ``wrap`` puts DDP and
-``torch.compile`` around the model. ``fit`` calls them in that order.
+``setup_training`` builds the runtime, data, splits, epoch length, model, optimizer and
+data-order generator in a fixed order, so a seed means the same run everywhere; the
+``build_*`` functions make the loss, schedule and EMA; ``wrap`` puts DDP and
+``torch.compile`` around the model. ``fit`` calls them; nothing here trains.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
-from tqdm.auto import tqdm
 
 from ..config import PRECISIONS, TrainConfig
 from ..data.load import Cifar10, load_cifar10
-from ..data.splits import Split, epoch_images, prepare_splits, steps_per_epoch, train_batches
+from ..data.splits import EpochLength, Split, prepare_splits, train_batches
 from ..distributed import SINGLE_PROCESS, Dist
 from ..errors import ConfigError
 from ..model.custom_resnet import CustomResNet
-from ..records.records import LRFinderResult, TrainState
 from ..runtime import Runtime, keep_freed_memory, resolve_runtime
-from .lr_finder import Sweep, find_lr, preserved_state, with_spread
+from .lr_finder import preserved_state
 from .schedule import one_cycle_scheduler
 
 
@@ -43,7 +40,9 @@ def build_optimizer(
     Fused (one kernel for all parameters) on CUDA, torch's default (foreach) elsewhere.
     """
     fused = (runtime.device.type == "cuda") or None
-    params, lr, wd = model.parameters(), config.max_lr or 1e-3, config.weight_decay
+    params, wd = model.parameters(), config.weight_decay
+    # The schedule (or, without max_lr, the range test from its start) sets every step's LR.
+    lr = config.max_lr if config.max_lr is not None else config.finder_start_lr
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=wd, fused=fused
@@ -53,12 +52,12 @@ def build_optimizer(
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, n_train: int
+    optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: EpochLength
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The One Cycle schedule of ``config`` (max_lr and min_lr resolved), stepped every batch."""
     return one_cycle_scheduler(
         optimizer,
-        steps_per_epoch=steps_per_epoch(n_train, config.batch_size, bool(config.drop_last)),
+        steps_per_epoch=epoch.steps,
         epochs=config.epochs,
         peak_epoch=config.peak_epoch,
         min_lr=config.min_lr,
@@ -121,6 +120,7 @@ class Setup(NamedTuple):
     data: Cifar10
     train: Split
     test: Split
+    epoch: EpochLength  # of the training split, over all ranks
     model: nn.Module
     optimizer: torch.optim.Optimizer
     generator: torch.Generator  # the data order (and, in one process, the augmentation)
@@ -144,7 +144,8 @@ def setup_training(
     if data is None:
         data = load_cifar10(config.data_dir, config.cache_dir, progress=progress and dist.is_main)
     train, test = prepare_splits(data, config, runtime)
-    if steps_per_epoch(len(train), config.batch_size, bool(config.drop_last)) == 0:
+    epoch = EpochLength.of(len(train), config.batch_size, config.drop_last)
+    if epoch.steps == 0:
         raise ConfigError(
             f"--drop-last leaves no batch: {len(train):,} training images are fewer than "
             f"--batch-size {config.batch_size}; lower --batch-size or give --no-drop-last"
@@ -153,86 +154,7 @@ def setup_training(
     model = runtime.place(build_model(config, len(data.classes)))
     optimizer = build_optimizer(model, config, runtime)
     generator = torch.Generator(device=runtime.device).manual_seed(config.seed)
-    return Setup(runtime, data, train, test, model, optimizer, generator)
-
-
-def find_training_lr(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    train: Split,
-    config: TrainConfig,
-    runtime: Runtime,
-    generator: torch.Generator,
-    progress: bool = True,
-) -> LRFinderResult:
-    """The LR range test with the training step's data path, batch size, loss and precision."""
-    return find_lr(
-        model, optimizer, build_criterion(config),
-        lambda: train_batches(train, config, runtime, generator), Sweep.of(config),
-        runtime=runtime, generators=(generator,), progress=progress,
-    )  # fmt: skip
-
-
-def lr_range_test(
-    config: TrainConfig, data: Cifar10 | None = None, *, progress: bool = True
-) -> LRFinderResult:
-    """The LR range test that ``fit`` would run for ``config``, on its own."""
-    s = setup_training(config, data, progress)
-    return find_training_lr(s.model, s.optimizer, s.train, config, s.runtime, s.generator, progress)
-
-
-def lr_range_test_seeds(
-    config: TrainConfig, data: Cifar10 | None = None, seeds: int = 3, *, progress: bool = True
-) -> LRFinderResult:
-    """The range test of ``config`` with its spread: the test once for each of ``seeds`` seeds.
-
-    The result is the first seed's (``config.seed``: the choice ``fit`` makes), with
-    every seed's LRMAX and their spread (largest / smallest) in ``spread``.
-    """
-    if data is None:
-        data = load_cifar10(config.data_dir, config.cache_dir, progress=progress)
-    results = []
-    for i in range(seeds):
-        if progress and seeds > 1:
-            tqdm.write(f"LR range test, seed {config.seed + i} ({i + 1} of {seeds})")
-        results.append(lr_range_test(config.replace(seed=config.seed + i), data, progress=progress))
-    if seeds == 1:
-        return results[0]
-    return with_spread(results[0], [config.seed + i for i in range(seeds)], results[1:])
-
-
-@dataclass(frozen=True)
-class LRs:
-    """A run's LRMAX and LRMIN and where they come from."""
-
-    max_lr: float
-    min_lr: float
-    source: str  # "found" by the range test or "given" (or saved, as the checkpoint says)
-    finder: LRFinderResult | None = None  # the range test, when it ran
-
-
-def resolve_lrs(
-    config: TrainConfig, setup: Setup, resume: TrainState | None, dist: Dist, progress: bool
-) -> LRs:
-    """LRMAX and LRMIN: saved (resume), found by the range test, or given."""
-    if resume is not None:
-        return LRs(config.max_lr, config.min_lr, resume.lr_source)
-    finder = None
-    if config.max_lr is None:
-        s = setup
-        finder = find_training_lr(
-            s.model, s.optimizer, s.train, config, s.runtime, s.generator, progress
-        )
-        found = [finder.max_lr, finder.min_lr]
-        max_lr, min_lr = dist.broadcast_floats(found, setup.runtime.device)
-        if config.min_lr is not None:
-            min_lr = min(config.min_lr, max_lr)
-    else:
-        max_lr = config.max_lr
-        min_lr = config.min_lr if config.min_lr is not None else max_lr / config.min_lr_divisor
-    if min_lr > max_lr:
-        raise ConfigError(f"--min-lr ({min_lr}) must not exceed the peak LR ({max_lr})")
-    return LRs(max_lr, min_lr, "found" if finder is not None else "given", finder)
+    return Setup(runtime, data, train, test, epoch, model, optimizer, generator)
 
 
 def wrap(
@@ -267,8 +189,7 @@ def _compiled(
     compiled = torch.compile(net)
     generators = (s.generator,) if aug_generator is None else (s.generator, aug_generator)
     per_rank = config.batch_size // dist.world
-    images = epoch_images(len(s.train), config.batch_size, bool(config.drop_last))
-    last = images % config.batch_size // dist.world
+    last = s.epoch.images % config.batch_size // dist.world
     s.runtime.synchronize()
     t0 = time.perf_counter()
     with preserved_state(s.model, s.optimizer, generators):
