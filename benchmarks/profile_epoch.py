@@ -6,7 +6,7 @@
 Builds the run exactly as ``fit`` does (``setup_training``), trains one untimed
 warm-up epoch (cuDNN autotuning, lazy initialisation), then:
 
-1. one epoch of ``train_one_epoch`` with a ``PhaseTimer``: seconds per phase
+1. one epoch of ``fit``'s steps (``fit_epoch.py``) with a ``PhaseTimer``: seconds per phase
    (augmentation, forward, backward, optimizer, bookkeeping; device time on CUDA,
    read from CUDA events without syncing inside the loop) and each phase's share
    of the step, then ``evaluate`` on the test split, timed the same way;
@@ -23,13 +23,12 @@ import platform
 import time
 
 import torch
+from fit_epoch import train_epoch
 from results_file import RESULTS, write_result
 from torch.profiler import ProfilerActivity, profile
 
 from cifar_resnet.config import TrainConfig
-from cifar_resnet.data.splits import steps_per_epoch, train_batches
 from cifar_resnet.inference.evaluation import evaluate
-from cifar_resnet.training.epoch import Callbacks, EpochState, StepMonitor, train_one_epoch
 from cifar_resnet.training.profiling import PhaseTimer
 from cifar_resnet.training.setup import build_criterion, build_scheduler, setup_training
 
@@ -91,23 +90,18 @@ def main(argv: list[str] | None = None) -> dict:
         device=args.device,
         precision=args.precision,
     )
-    runtime, _, train, test, model, optimizer, generator = setup_training(
-        config, None, progress=False
-    )
+    s = setup_training(config, None, progress=False)
+    runtime, train, test, model, optimizer = s.runtime, s.train, s.test, s.model, s.optimizer
     on_cuda = runtime.device.type == "cuda"
-    spe = steps_per_epoch(train.images.shape[0], config.batch_size)
-    scheduler = build_scheduler(optimizer, config, train.images.shape[0])
+    spe = s.epoch.steps
+    scheduler = build_scheduler(optimizer, config, s.epoch)
 
     criterion = build_criterion(config)
 
     def epoch(timer: PhaseTimer | None = None):
-        state = EpochState(torch.randperm(len(train), generator=generator, device=runtime.device))
-        batches = train_batches(train, config, runtime, generator, order=state.order)
-        monitor = StepMonitor(
-            state, runtime, config, n_images=len(train), callbacks=Callbacks(timer=timer)
-        )
-        return train_one_epoch(
-            model, criterion, optimizer, scheduler, batches, runtime, monitor,
+        return train_epoch(
+            model, optimizer, scheduler, train, config,
+            runtime=runtime, generator=s.generator, criterion=criterion, timer=timer,
         )  # fmt: skip
 
     warm = epoch()

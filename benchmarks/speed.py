@@ -5,7 +5,7 @@
 
 Paths, all on the same model, optimizer, batch size and images:
 
-(a) ``cifar-resnet (default)``: ``train_one_epoch`` as ``fit`` runs it: the data on
+(a) ``cifar-resnet (default)``: an epoch of ``fit``'s steps (``fit_epoch.py``): the data on
     the device as uint8, batched on-device augmentation, channels_last, and the
     precision ``--precision auto`` picks (bf16 autocast on CUDA, on CPUs with AMX,
     and on CPUs with AVX512-BF16 alone where its probe times bf16 faster; the
@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from fit_epoch import train_epoch
 from results_file import RESULTS, write_result
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -59,7 +60,7 @@ from torchvision import transforms as T
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.data.load import channel_stats, load_cifar10
-from cifar_resnet.data.splits import Split, train_batches
+from cifar_resnet.data.splits import EpochLength, Split
 from cifar_resnet.model.cpu_conv import gemm_convolutions
 from cifar_resnet.runtime import (
     Runtime,
@@ -69,7 +70,6 @@ from cifar_resnet.runtime import (
     keep_freed_memory,
     resolve_runtime,
 )
-from cifar_resnet.training.epoch import EpochState, StepMonitor, train_one_epoch
 from cifar_resnet.training.setup import (
     build_criterion,
     build_model,
@@ -211,13 +211,10 @@ class _Variant:
 
 def _ours(net, opt, sched, config, runtime, split, generator) -> float:
     """One epoch of cifar-resnet's path; returns its seconds."""
-    state = EpochState(torch.randperm(len(split), generator=generator, device=runtime.device))
-    batches = train_batches(split, config, runtime, generator, order=state.order)
-    result = train_one_epoch(
-        net, build_criterion(config), opt, sched, batches, runtime,
-        StepMonitor(state, runtime, config, n_images=len(split)),
-    )  # fmt: skip
-    return result.seconds
+    return train_epoch(
+        net, opt, sched, split, config,
+        runtime=runtime, generator=generator, criterion=build_criterion(config),
+    ).seconds  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -260,7 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             opt = build_optimizer(model, config, v.runtime)
         net = torch.compile(model) if v.compiled else model  # compiled in its warm-up epoch
-        return net, opt, build_scheduler(opt, config, args.images)
+        epoch = EpochLength.of(args.images, config.batch_size, config.drop_last)
+        return net, opt, build_scheduler(opt, config, epoch)
 
     other = "fp32" if default.precision == "bf16" else "bf16"  # what "auto" did not choose
     ours = {f"cifar-resnet (default: {default.precision})": _Variant(default)}
