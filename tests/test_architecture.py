@@ -1,5 +1,7 @@
 """The package's shape, as ARCHITECTURE.md draws it: imports point one way and never
-round in a cycle, functions stay short, and ``cifar-resnet --version`` stays light."""
+round in a cycle, functions stay short and take few positional arguments, a record has
+one form, a run folder's file names and the training step each have one owner, and
+``cifar-resnet --version`` stays light."""
 
 from __future__ import annotations
 
@@ -14,6 +16,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "cifar_resnet"
 MAX_FUNCTION_LINES = 60
+MAX_POSITIONAL = 6  # parameters before the first keyword-only one (self and cls not counted)
+STEP_FUNCTION = "training.fit.train_step"  # the one place a training step calls backward()
+# The files of a run folder (records/run_folder.py spells them; no other module may).
+RUN_FOLDER_NAMES = (
+    "config.json", "metrics.jsonl", "final.json", "lr_finder.json", "lr_finder.png",
+    "report.html", "last.pt",
+)  # fmt: skip
+OTHER_FOLDERS = {"inference.hub": ("config.json",)}  # an exported folder's own config.json
 
 # What a part of the package must not import (a module, or a package and its modules).
 FORBIDDEN = {
@@ -165,3 +175,100 @@ def test_the_version_and_the_package_import_neither_matplotlib_nor_captum():
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert names.stdout.split() == ["True", "True"]
+
+
+def _functions():
+    """(module, function node) of every function of the package, nested ones included."""
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield name.removeprefix("cifar_resnet."), node
+
+
+def _table(heading: str) -> set[str]:
+    """The names a table of ARCHITECTURE.md lists under ``heading`` (its first column)."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([\w.]+)` \|", section, flags=re.M))
+
+
+def test_no_function_takes_more_than_six_positional_arguments():
+    crowded = set()
+    for module, node in _functions():
+        names = [a.arg for a in node.args.posonlyargs + node.args.args]
+        if len([n for n in names if n not in ("self", "cls")]) > MAX_POSITIONAL:
+            crowded.add(f"{module}.{node.name}")
+    assert crowded == set()
+
+
+def test_a_checkpoint_has_one_form_no_signature_takes_a_state_or_a_dict():
+    either = re.compile(r"TrainState\s*\|\s*dict|dict\[str, Any\]\s*\|\s*TrainState")
+    found = [name for name, path in _modules().items() if either.search(path.read_text())]
+    assert found == []
+
+
+def _string_constants(tree: ast.AST) -> list[str]:
+    """The string constants of a module that are not docstrings."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    return [
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    ]
+
+
+def test_a_run_folders_file_names_are_spelled_in_one_module():
+    spelled: dict[str, set[str]] = {}
+    for name, path in _modules().items():
+        for text in _string_constants(ast.parse(path.read_text())):
+            for file in RUN_FOLDER_NAMES:
+                if file in OTHER_FOLDERS.get(name.removeprefix("cifar_resnet."), ()):
+                    continue
+                if re.search(rf"(?<![\w.-]){re.escape(file)}(?![\w-])", text):
+                    spelled.setdefault(file, set()).add(name)
+    assert {file: sorted(m) for file, m in spelled.items() if len(m) > 1} == {}
+
+
+def test_backward_is_called_in_the_step_function_alone_but_where_architecture_lists():
+    calls = set()
+    for module, node in _functions():
+        inner = {id(n) for child in node.body for f in ast.walk(child)
+                 if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 for n in ast.walk(f)}  # fmt: skip
+        for n in ast.walk(node):
+            is_call = isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            if is_call and n.func.attr == "backward" and id(n) not in inner:
+                calls.add(f"{module}.{node.name}")
+    assert STEP_FUNCTION in calls
+    assert calls - {STEP_FUNCTION} == _table("backward() outside the step")
+
+
+def test_the_new_checks_fail_on_a_package_that_breaks_them(tmp_path, monkeypatch):
+    """Each of the four checks above fails on a package made to break it."""
+    package = tmp_path / "cifar_resnet"
+    (package / "training").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "training" / "__init__.py").write_text("")
+    (package / "training" / "fit.py").write_text(
+        "def train_step(loss):\n    loss.backward()\n\n\n"
+        "def sweep(a, b, c, d, e, f, g):\n    g.backward()\n"
+    )
+    (package / "runs.py").write_text(
+        "from typing import Any\n\n\n"
+        "def load(state: 'TrainState | dict[str, Any]'):\n    return 'final.json'\n"
+    )
+    (package / "cli.py").write_text("NAME = 'run/final.json'\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
+    for check in (
+        test_no_function_takes_more_than_six_positional_arguments,
+        test_a_checkpoint_has_one_form_no_signature_takes_a_state_or_a_dict,
+        test_a_run_folders_file_names_are_spelled_in_one_module,
+        test_backward_is_called_in_the_step_function_alone_but_where_architecture_lists,
+    ):
+        with pytest.raises(AssertionError):
+            check()

@@ -19,7 +19,7 @@ from ..config import RESUME_OVERRIDES, TrainConfig, as_saved_run
 from ..errors import CheckpointError, ConfigError, oneline
 from .records import CHECKPOINT_FORMAT, TrainState
 
-__all__ = ["CHECKPOINT_FORMAT", "checkpoint_path", "load_checkpoint", "train_state"]
+__all__ = ["CHECKPOINT_FORMAT", "checkpoint_path", "load_checkpoint"]
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -63,11 +63,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "use another checkpoint or train again"
         ) from None
     return TrainState.from_dict(raw, source=str(path))
-
-
-def train_state(state: TrainState | dict[str, Any]) -> TrainState:
-    """A checkpoint as ``TrainState``, from either form."""
-    return state if isinstance(state, TrainState) else TrainState.from_dict(state)
 
 
 def config_from_checkpoint(state: TrainState) -> TrainConfig:
