@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 
 from cifar_resnet.config import (
+    RECIPES,
     SPEC_EMA_DECAY,
     SPEC_LABEL_SMOOTHING,
     SPEC_WEIGHT_DECAY,
@@ -111,3 +112,19 @@ def test_bad_values_name_the_flag_on_one_line(kwargs, flag):
         TrainConfig(**kwargs)
     assert flag in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_after_construction_a_field_not_annotated_optional_holds_its_type(recipe):
+    """Fields a recipe fills (default None: the recipe's value) are never None once built."""
+    import typing
+
+    hints = typing.get_type_hints(TrainConfig)
+    config = TrainConfig(recipe=recipe)
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if type(None) not in typing.get_args(hints[f.name]):
+            assert value is not None, f.name
+            assert isinstance(value, hints[f.name]) or (
+                hints[f.name] is float and isinstance(value, int)
+            ), f.name

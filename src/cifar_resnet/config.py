@@ -4,7 +4,8 @@ Each field's ``help`` metadata is its documentation; the CLI builds its flags fr
 these fields, and the resolved config is saved with every run and checkpoint.
 
 Recipes: ``recipe`` names a set of defaults (``RECIPES``). A field whose default is
-``None`` and that the recipe lists takes the recipe's value unless it is given, so
+``None`` and that every recipe lists takes the recipe's value unless it is given (its
+annotation is the type it then holds: after construction it is never None), so
 ``TrainConfig(recipe="page", epochs=10)`` is Page's recipe in 10 epochs and
 ``--recipe page --optimizer adam`` is Page's with Adam. A recipe's LRs belong to its
 optimizer: with another one they are left to the range test (or ``--max-lr``), since
@@ -164,7 +165,7 @@ class TrainConfig:
     crop_padding: int = _data(
         4, "pixels of padding before the random 32x32 crop", bounds=(0, 32, "[]")
     )
-    crop_pad_mode: str | None = _data(
+    crop_pad_mode: str = _data(
         None,
         "how that padding is filled: zeros (the mean colour, as the images are normalised) "
         "or reflect (the edge mirrored) (spec: zeros; page: reflect)",
@@ -179,8 +180,8 @@ class TrainConfig:
     )
     norm: str = _model("batch", "normalisation layer", choices=NORMS)
     dropout: float = _model(0.0, "dropout probability after each conv block", bounds=DROPOUT_BOUNDS)
-    head_bias: bool | None = _model(None, "bias in the final Linear layer (spec: yes; page: no)")
-    logit_scale: float | None = _model(
+    head_bias: bool = _model(None, "bias in the final Linear layer (spec: yes; page: no)")
+    logit_scale: float = _model(
         None, "multiply the logits by this (spec: 1; page: 0.125)", bounds=LOGIT_SCALE_BOUNDS
     )
     pool_after_relu: bool = _model(
@@ -195,11 +196,11 @@ class TrainConfig:
     batch_size: int = _optimisation(
         512, "training images per optimizer step", bounds=(1, 65_536, "[]")
     )
-    drop_last: bool | None = _optimisation(
+    drop_last: bool = _optimisation(
         None,
         "skip each epoch's last batch when it is smaller than --batch-size (spec: no; page: yes)",
     )
-    optimizer: str | None = _optimisation(
+    optimizer: str = _optimisation(
         None,
         "adam (weight decay as coupled L2), adamw (decoupled weight decay) "
         "or sgd (Nesterov momentum) "
@@ -218,22 +219,22 @@ class TrainConfig:
     min_lr_divisor: float = _schedule(
         10.0, "LRMIN = LRMAX / this, when --min-lr is not given", bounds=(1, 1e6, "[]")
     )
-    weight_decay: float | None = _optimisation(
+    weight_decay: float = _optimisation(
         None, f"weight decay (spec: {SPEC_WEIGHT_DECAY:g}; page: 5e-4)", bounds=(0, 1, "[]")
     )
-    label_smoothing: float | None = _optimisation(
+    label_smoothing: float = _optimisation(
         None,
         f"label smoothing of the training loss (spec: {SPEC_LABEL_SMOOTHING:g}; page: 0.2)",
         bounds=(0, 1, "[)"),
     )
-    ema_decay: float | None = _optimisation(
+    ema_decay: float = _optimisation(
         None,
         "evaluate and save an exponential moving average of the weights, updated every step "
         "with this decay, or (1 + n) / (10 + n) after n updates while that is lower; 0: off "
         f"(spec: {SPEC_EMA_DECAY:g}; page: 0)",
         bounds=(0, 1, "[)"),
     )
-    tta: bool | None = _run(
+    tta: bool = _run(
         None, "also measure test accuracy with horizontal-flip TTA (spec: no; page: yes)"
     )
     finder_start_lr: float = _schedule(1e-6, "LR range test: first LR", bounds=(0, 1e3, "(]"))
