@@ -7,7 +7,7 @@ from torch import nn
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.data.splits import prepare_splits
-from cifar_resnet.errors import ConfigError
+from cifar_resnet.errors import CheckpointError, ConfigError
 from cifar_resnet.inference.evaluation import evaluate
 from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
@@ -58,8 +58,9 @@ def test_fit_steps_the_schedule_of_the_spec_and_records_every_step(synthetic):
     assert [e["lr"] for e in history.epochs] == [history.step_lrs[i * spe - 1] for i in (1, 2, 3)]
 
 
-def test_drop_last_skips_the_partial_batch_in_the_epoch_and_in_the_schedule(synthetic):
+def test_drop_last_skips_the_partial_batch_in_the_epoch_and_in_the_schedule(synthetic, tmp_path):
     from cifar_resnet.data.splits import train_batches
+    from cifar_resnet.records.checkpoint import load_checkpoint
 
     config = TrainConfig(max_lr=2e-3, min_lr=2e-4, drop_last=True, **{**QUICK, "batch_size": 160})
     runtime = resolve_runtime("cpu")
@@ -71,8 +72,11 @@ def test_drop_last_skips_the_partial_batch_in_the_epoch_and_in_the_schedule(synt
     assert kept == [160, 160, 160, 120]
     losses = []
     record = Callbacks(progress=False, on_step=lambda step, lr, loss: losses.append(float(loss)))
-    history = fit(config, synthetic, progress=False, callbacks=record)
+    history = fit(config, synthetic, run=RunFolder(tmp_path / "run"), progress=False,
+                  callbacks=record)  # fmt: skip
     spe = 3
+    state = load_checkpoint(tmp_path / "run")
+    assert history.final["steps_per_epoch"] == state.steps_per_epoch == spe  # as recorded
     # each epoch's loss is the mean over the 480 images it trained on (3 equal batches)
     for i, e in enumerate(history.epochs):
         assert e["train_loss"] == pytest.approx(np.mean(losses[i * spe : (i + 1) * spe]))
@@ -80,6 +84,10 @@ def test_drop_last_skips_the_partial_batch_in_the_epoch_and_in_the_schedule(synt
     np.testing.assert_allclose(history.step_lrs, expected, rtol=1e-12)  # ends at LRMIN
     final = history.final
     assert final["images_per_second"] * final["train_seconds"] == pytest.approx(2 * 480)
+    # a checkpoint whose epochs had another length does not resume on this data
+    state.epoch, state.steps_per_epoch = 1, spe + 1
+    with pytest.raises(CheckpointError, match="epochs had 4 steps, this data makes 3"):
+        fit(config, synthetic, progress=False, resume=state)
 
 
 def test_drop_last_with_fewer_images_than_a_batch_says_so(synthetic):

@@ -74,6 +74,7 @@ class RunResults:
     final: dict[str, Any]  # final.json; empty when the run did not finish
     metrics: list[dict[str, Any]]  # one dict per epoch
     step_lrs: list[float]  # the LR of every optimizer step
+    steps_per_epoch: int | None  # as the checkpoint records it (None: saved before it did)
     lr_finder: LRFinderResult | None
     classes: tuple[str, ...]
     mean: torch.Tensor  # (3,) the checkpoint's normalisation
@@ -129,6 +130,7 @@ def load_run(
         final=record.final(),
         metrics=record.metrics(),
         step_lrs=[float(v) for v in record.state.step_lrs],
+        steps_per_epoch=record.state.steps_per_epoch,
         lr_finder=finder,
         classes=classes,
         mean=trained.mean,
@@ -209,8 +211,10 @@ def _curves_section(p: _Page) -> str:
 
 
 def _schedule_section(p: _Page) -> str:
-    step_lrs, epochs = p.r.step_lrs, len(p.r.metrics) or 1
-    steps_per_epoch = len(step_lrs) // epochs if step_lrs and len(step_lrs) % epochs == 0 else None
+    step_lrs, steps_per_epoch = p.r.step_lrs, p.r.steps_per_epoch
+    if steps_per_epoch is None and step_lrs:  # saved before checkpoints recorded it
+        epochs = len(p.r.metrics) or 1
+        steps_per_epoch = len(step_lrs) // epochs if len(step_lrs) % epochs == 0 else None
     html_parts = [
         '<div class="pair">',
         p.img(plot_lr_schedule(step_lrs, steps_per_epoch), "learning rate of every optimizer step"),
