@@ -102,3 +102,17 @@ def test_page_configs_saved_before_the_pipeline_options_load_as_what_they_ran(ru
     assert (page_now.crop_pad_mode, page_now.drop_last) == ("reflect", True)  # a new page run
     loaded = config_from_checkpoint(older)
     assert (loaded.crop_pad_mode, loaded.drop_last) == ("zeros", False)  # what the old one ran
+
+
+def test_time_to_accuracy_is_the_training_time_when_each_target_was_first_reached():
+    from cifar_resnet.records.records import EpochMetrics, time_to_accuracy
+
+    def epoch(n, seconds, acc, tta):
+        return EpochMetrics(n, 0.1, 1.0, 0.5, 1.0, acc, seconds, 1.0, tta)
+
+    epochs = [epoch(1, 10.0, 0.80, 0.86), epoch(2, 12.5, 0.905, 0.91), epoch(3, 11.0, 0.89, 0.93)]
+    assert time_to_accuracy(epochs) == {"0.85": 22.5, "0.9": 22.5, "0.91": None, "0.92": None}
+    assert time_to_accuracy(epochs, tta=True) == {
+        "0.85": 10.0, "0.9": 22.5, "0.91": 22.5, "0.92": 33.5,
+    }  # fmt: skip
+    assert time_to_accuracy([]) == dict.fromkeys(("0.85", "0.9", "0.91", "0.92"))

@@ -168,6 +168,15 @@ def test_run_folder_holds_config_metrics_checkpoint_and_final(synthetic, tmp_pat
         assert key in final, key
     assert final["test_acc"] == lines[-1]["test_acc"] == history.final["test_acc"]
     assert final["params"] == sum(p.numel() for p in history.model.parameters())
+
+    def first(target):  # training seconds to the first epoch at or above target
+        for i, m in enumerate(lines):
+            if m["test_acc"] >= target:
+                return sum(e["seconds"] for e in lines[: i + 1])
+        return None
+
+    assert final["time_to_accuracy"] == {str(t): first(t) for t in (0.85, 0.9, 0.91, 0.92)}
+    assert final["time_to_accuracy_tta"] is None  # the run measured no TTA
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert {"model", "optimizer", "scheduler", "epoch", "config"} <= set(ckpt)
     assert ckpt["epoch"] == 2

@@ -147,6 +147,9 @@ class RunSummary:
     classes: list[str]
     test_acc_tta: float | None = None  # with flip TTA, when the run measures it
     test_loss_tta: float | None = None
+    # Training seconds until the test accuracy first reached each target (``time_to_accuracy``)
+    time_to_accuracy: dict[str, float | None] = field(default_factory=dict)
+    time_to_accuracy_tta: dict[str, float | None] | None = None  # the same with flip TTA
 
     def to_dict(self, settings: dict[str, Any] | None = None) -> dict[str, Any]:
         """final.json: these figures, then every setting of ``settings`` (the run's resolved
@@ -154,6 +157,28 @@ class RunSummary:
         figures = dataclasses.asdict(self)
         rest = {k: v for k, v in (settings or {}).items() if k not in figures}
         return {**figures, **rest}
+
+
+ACCURACY_TARGETS = (0.85, 0.90, 0.91, 0.92)  # the test accuracies time is measured to
+
+
+def time_to_accuracy(
+    epochs: list[EpochMetrics], *, tta: bool = False, targets: tuple[float, ...] = ACCURACY_TARGETS
+) -> dict[str, float | None]:
+    """Training seconds (evaluation excluded, as ``train_seconds``) at the end of the epoch
+    whose test accuracy (with flip TTA: ``tta``) first reached each target; None if none did.
+
+    Keys are the targets as strings ("0.9"), as final.json and the results files hold them.
+    """
+    out: dict[str, float | None] = {str(t): None for t in targets}
+    seconds = 0.0
+    for m in epochs:
+        seconds += m.seconds
+        acc = m.test_acc_tta if tta else m.test_acc
+        for t in targets:
+            if acc is not None and acc >= t and out[str(t)] is None:
+                out[str(t)] = seconds
+    return out
 
 
 @dataclass(frozen=True)

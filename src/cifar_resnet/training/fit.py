@@ -39,7 +39,13 @@ from ..errors import CheckpointError, ConfigError, TrainingInterrupted
 from ..inference.evaluation import evaluate
 from ..model.custom_resnet import count_parameters
 from ..records.checkpoint import resumed_config
-from ..records.records import EpochMetrics, LRFinderResult, RunSummary, TrainState
+from ..records.records import (
+    EpochMetrics,
+    LRFinderResult,
+    RunSummary,
+    TrainState,
+    time_to_accuracy,
+)
 from ..records.run_folder import RunFolder
 from ..runtime import Runtime, device_type, resolve_runtime
 from .epoch import Callbacks, EpochInterrupted, EpochResult, EpochState, StepMonitor, console
@@ -364,7 +370,8 @@ def _summary(t: Training, total_seconds: float, *, resumed: bool) -> RunSummary:
         params=count_parameters(s.model), lr_source=t.lrs.source, resumed=resumed,
         data=s.data.source, mean=s.train.mean.tolist(), std=s.train.std.tolist(),
         classes=list(s.data.classes), test_acc_tta=last.test_acc_tta,
-        test_loss_tta=last.test_loss_tta,
+        test_loss_tta=last.test_loss_tta, time_to_accuracy=time_to_accuracy(t.epochs),
+        time_to_accuracy_tta=time_to_accuracy(t.epochs, tta=True) if config.tta else None,
     )  # fmt: skip
 
 
