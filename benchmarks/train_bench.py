@@ -32,6 +32,7 @@ from results_file import RESULTS, fail, slug, write_result
 
 from cifar_resnet.cli import add_config_flags, config_from_args
 from cifar_resnet.data.load import load_cifar10
+from cifar_resnet.records.records import EpochMetrics, time_to_accuracy
 from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.training.fit import fit
 
@@ -44,6 +45,7 @@ def _run_record(
         "test_acc": final["test_acc"],
         "test_loss": final["test_loss"],
         "test_acc_per_epoch": [e["test_acc"] for e in epochs],
+        **_times_to_accuracy(epochs),
         "train_seconds": final["train_seconds"],
         "images_per_second": final["images_per_second"],
         "lr_source": final["lr_source"],
@@ -55,6 +57,18 @@ def _run_record(
         "config": config,
         "epochs": epochs,
         "final": final,
+    }
+
+
+def _times_to_accuracy(epochs: list[dict]) -> dict[str, Any]:
+    """Training seconds to each target accuracy (``records.time_to_accuracy``), plain and,
+    when the run measured it, with flip TTA: computed from the epochs, so runs recorded
+    before final.json held them get them too."""
+    metrics = [EpochMetrics.from_dict(e) for e in epochs]
+    tta = bool(metrics) and all(m.test_acc_tta is not None for m in metrics)
+    return {
+        "time_to_accuracy": time_to_accuracy(metrics),
+        "time_to_accuracy_tta": time_to_accuracy(metrics, tta=True) if tta else None,
     }
 
 
@@ -128,7 +142,10 @@ def _recorded_runs(path: Path) -> list[dict[str, Any]]:
     result = json.loads(path.read_text())
     runs = result.get("runs") or [{k: result[k] for k in _RUN_KEYS if k in result}]
     source = {k: result.get(k) for k in ("machine", "conditions")}
-    return [{**run, "recorded_in": path.name, **source} for run in runs]
+    return [
+        {**run, **_times_to_accuracy(run.get("epochs", [])), "recorded_in": path.name, **source}
+        for run in runs
+    ]
 
 
 def _folder_record(run: Path) -> dict[str, Any]:

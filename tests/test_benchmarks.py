@@ -320,3 +320,40 @@ def test_psnr_between_refuses_copies_whose_images_are_not_in_one_order(data_dir,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "label order" in err
     assert not (tmp_path / "between").exists()
+
+
+def _results(name: str, machine: dict, accs_and_seconds: list[list[tuple[float, float]]]) -> dict:
+    """A results file as train_bench writes it: one run per list of (test_acc, seconds)."""
+    runs = [
+        {"final": {"precision": "bf16"},
+         "epochs": [{"epoch": i + 1, "lr": 0.1, "train_loss": 1.0, "train_acc": 0.5,
+                     "test_loss": 1.0, "test_acc": a, "seconds": s}
+                    for i, (a, s) in enumerate(epochs)]}
+        for epochs in accs_and_seconds
+    ]  # fmt: skip
+    return {"name": name, "machine": machine, "runs": runs}
+
+
+def test_accuracy_against_time_draws_a_line_per_recipe_and_machine_kind(tmp_path, capsys):
+    amx = {"cpu": "Intel(R) Xeon(R)", "amx_bf16": True, "avx512_bf16": True}
+    epyc = {"cpu": "AMD EPYC", "amx_bf16": False, "avx512_bf16": False}
+    spec_runs = [[(0.86, 10.0), (0.905, 10.0)], [(0.80, 12.0), (0.91, 12.0)]]
+    (tmp_path / "a.json").write_text(json.dumps(_results("spec-w1", amx, spec_runs)))
+    seeds = _results("page-w1", amx, [[(0.7, 30.0), (0.92, 30.0)]])
+    seeds["runs"].append({**seeds["runs"][0], "machine": epyc})  # a seed run on another CPU
+    (tmp_path / "b.json").write_text(json.dumps(seeds))  # fmt: skip
+    out = tmp_path / "figure.png"
+    summary = _script("accuracy_vs_time").main(
+        ["--files", "a.json", "b.json", "--results-dir", str(tmp_path), "--out", str(out)]
+    )
+    assert sorted(summary) == ["page-w1: EPYC, AVX2 only, bf16", "page-w1: Xeon with AMX, bf16",
+                               "spec-w1: Xeon with AMX, bf16"]  # fmt: skip
+    spec = summary["spec-w1: Xeon with AMX, bf16"]
+    assert spec["runs"] == 2 and spec["final_test_acc"] == pytest.approx(0.9075)
+    assert spec["train_seconds"] == pytest.approx(22.0)
+    # 85%: 10 s and 24 s (mean 17); 90%: 20 and 24 (22); 91%: only one seed reached it
+    assert spec["time_to_accuracy"] == {"0.85": 17.0, "0.9": 22.0, "0.91": None, "0.92": None}
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit) as stop:
+        _script("accuracy_vs_time").main(["--files", "missing.json", "--out", str(out)])
+    assert stop.value.code == 2 and "missing.json" in capsys.readouterr().err
