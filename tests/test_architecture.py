@@ -18,7 +18,7 @@ PACKAGE = ROOT / "src" / "cifar_resnet"
 MAX_FUNCTION_LINES = 60
 MAX_POSITIONAL = 6  # parameters before the first keyword-only one (self and cls not counted)
 STEP_FUNCTION = "training.fit.train_step"  # the one place a training step calls backward()
-# The files of a run folder (records/run_folder.py spells them; no other module may).
+# The files of a run folder (records/layout.py spells them; no other module may).
 RUN_FOLDER_NAMES = (
     "config.json", "metrics.jsonl", "final.json", "lr_finder.json", "lr_finder.png",
     "report.html", "last.pt",

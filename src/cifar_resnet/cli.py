@@ -29,9 +29,16 @@ from .config_flags import (
     typed_arg,
     whole,
 )
-from .errors import CifarResnetError, ConfigError, TrainingInterrupted, UnexpectedError, oneline
+from .errors import (
+    PROG,
+    CifarResnetError,
+    ConfigError,
+    TrainingInterrupted,
+    UnexpectedError,
+    oneline,
+)
+from .records.layout import CHECKPOINT, CONFIG_JSON, LR_FINDER_JSON, LR_FINDER_PNG, REPORT
 
-PROG = "cifar-resnet"
 TRACEBACK_ENV = "CIFAR_RESNET_TRACEBACK"  # set: an unexpected error also prints its traceback
 
 
@@ -56,6 +63,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import runs
+    from .records.layout import checkpoint_file
 
     if args.print_config is not None:
         from .config_file import file_format, format_config
@@ -79,14 +87,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         runs.train_run(plan, progress=not args.quiet, writer=writer, on_trained=_trained(plan.out))
     except TrainingInterrupted as e:
         print(f"{PROG}: {signal.Signals(e.signum).name} in epoch {e.epoch} after step {e.step}; "
-              f"checkpoint saved in {plan.out / 'checkpoints' / 'last.pt'}; continue with: "
+              f"checkpoint saved in {checkpoint_file(plan.out)}; continue with: "
               f"{PROG} train --resume {plan.out}", file=sys.stderr)  # fmt: skip
         return 128 + e.signum
     except runs.ReportInterrupted as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 130
     if plan.report and writer:
-        print(f"report in {plan.out / 'report.html'}")
+        print(f"report in {plan.out / REPORT}")
     return 0
 
 
@@ -112,7 +120,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     stop = "diverged" if result.diverged else "ran all steps"
     print(
         f"LRMAX {result.max_lr:.3e}  LRMIN {result.min_lr:.3e}  ({result.rule} rule, "
-        f"{len(result.lrs)} steps, {stop}); curve in {Path(args.out) / 'lr_finder.png'}"
+        f"{len(result.lrs)} steps, {stop}); curve in {Path(args.out) / LR_FINDER_PNG}"
     )
     if result.spread is not None:
         s = result.spread
@@ -171,7 +179,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .inference.export import export_model
-    from .inference.hub import export_folder
+    from .inference.hub import CARD, CONFIG, WEIGHTS, export_folder
     from .inference.predict import evaluate_model, load_model
 
     model = load_model(args.checkpoint, device="cpu")
@@ -185,7 +193,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     data, images, labels, _ = _test_split(args, model, args.quiet)  # the card's figures, now
     evaluation = evaluate_model(model, images, labels)
     diff = export_folder(model, args.out, evaluation, data.source, overwrite=args.force)
-    print(f"wrote {args.out}/ (model.safetensors, config.json, README.md): test accuracy "
+    print(f"wrote {args.out}/ ({WEIGHTS}, {CONFIG}, {CARD}): test accuracy "
           f"{evaluation.acc:.2%} on {evaluation.n:,} images in the model card; reloaded weights "
           f"match to {diff:.1e} in the logits")  # fmt: skip
     return 0
@@ -246,18 +254,18 @@ def _add_train_commands(sub: Any) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its folder or "
                    "checkpoint) with its saved settings")  # fmt: skip
     p.add_argument("--config", metavar="FILE", help="settings from a TOML, YAML or JSON file (a "
-                   "run's config.json too); flags typed override it")  # fmt: skip
+                   f"run's {CONFIG_JSON} too); flags typed override it")  # fmt: skip
     p.add_argument("--print-config", nargs="?", const="", choices=("", "toml", "yaml", "json"),
                    metavar="FORMAT", help="print the resolved settings (toml, yaml or json; "
                    "default: --config's format, else toml) and exit")  # fmt: skip
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
-                   help="write report.html after training (default: yes; --resume: as the run "
-                   "was started); cifar-resnet report RUN builds it later")  # fmt: skip
+                   help=f"write {REPORT} after training (default: yes; --resume: as the run "
+                   f"was started); {PROG} report RUN builds it later")  # fmt: skip
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("lr-find", help="run the LR range test alone and plot it")
     add_config_flags(p, only=LR_FIND_FIELDS, aliases=LR_FIND_ALIASES)
-    p.add_argument("--out", required=True, help="folder for lr_finder.json and lr_finder.png")
+    p.add_argument("--out", required=True, help=f"folder for {LR_FINDER_JSON} and {LR_FINDER_PNG}")
     p.add_argument("--seeds", type=_positive_int, default=3, metavar="N", help="run the test for "
                    "N seeds (--seed, --seed+1, ...) and show how far their choices spread; the "
                    "first is the one train makes (default: 3)")  # fmt: skip
@@ -267,7 +275,7 @@ def _add_train_commands(sub: Any) -> None:
 
 
 def _add_model_commands(sub: Any) -> None:
-    model = ("a checkpoint .pt file, a run folder (uses checkpoints/last.pt) or an exported "
+    model = (f"a checkpoint .pt file, a run folder (uses {CHECKPOINT}) or an exported "
              "safetensors folder")  # fmt: skip
     device = f"{DEVICE_FORMS} (default: cpu)"
     p = sub.add_parser("evaluate", help="test accuracy, loss, per-class accuracy, confusion")
@@ -298,8 +306,8 @@ def _add_model_commands(sub: Any) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help=model)
     p.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), default="onnx",
                    help="onnx or torchscript: one file; safetensors: a folder in the Hugging "
-                   "Face layout (model.safetensors, config.json, README.md model card with the "
-                   "test accuracy measured now) (default: onnx)")  # fmt: skip
+                   "Face layout (the weights as safetensors, their config and a README.md model "
+                   "card with the test accuracy measured now) (default: onnx)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="PATH", help="file (folder for safetensors)")
     _option(p, "--force", "overwrite an existing --out")
     _option(p, "--data-dir", "safetensors: test data (default: the run's)")
@@ -322,7 +330,7 @@ def _add_insight_commands(sub: Any) -> None:
     _option(p, "--quiet", "no progress bars")
     p.set_defaults(func=_cmd_data)
 
-    p = sub.add_parser("report", help="(re)build report.html of a run folder")
+    p = sub.add_parser("report", help=f"(re)build {REPORT} of a run folder")
     p.add_argument("run", metavar="RUN", help="run folder written by train --out")
     _option(p, "--data-dir", "CIFAR-10 copy (default: the one the run trained on)")
     _option(p, "--cache-dir", "cache folder (default: the run's)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import urllib.error
 
+PROG = "cifar-resnet"  # the command's name, in messages that say what to run next
 Bounds = tuple[float, float, str]  # low, high, and "[]", "[)", "(]" or "()": which ends count
 
 

@@ -26,6 +26,7 @@ from . import files
 from .config import RESUME_OVERRIDES, TrainConfig
 from .config_file import read_config_file
 from .errors import (
+    PROG,
     CheckpointError,
     CifarResnetError,
     ConfigError,
@@ -34,10 +35,19 @@ from .errors import (
     oneline,
 )
 from .records.checkpoint import resumed_config
+from .records.layout import (
+    CHECKPOINT,
+    CONFIG_JSON,
+    LR_FIND_FILES,
+    LR_FINDER_JSON,
+    LR_FINDER_PNG,
+    REPORT,
+    RUN_FILES,
+    TB_DIR,
+    checkpoint_file,
+)
 from .records.records import TrainState
-from .records.run_folder import LR_FIND_FILES, RUN_FILES, RunFolder, RunRecord, settle_replaced
-
-PROG = "cifar-resnet"
+from .records.run_folder import RunFolder, RunRecord, settle_replaced
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,7 @@ def resume_run(
         return dataclasses.replace(unstarted, report=_choice(report, unstarted.report))
     record = RunRecord.open(path)
     own = record.folder is not None and (
-        record.checkpoint.resolve() == (record.folder / "checkpoints" / "last.pt").resolve()
+        record.checkpoint.resolve() == checkpoint_file(record.folder).resolve()
     )  # a run's own last.pt continues in place; any other file would overwrite a later state
     target = _resume_folder(record, out, own, force)
     in_place = own and target.resolve() == record.folder.resolve()
@@ -117,8 +127,8 @@ def _unstarted(folder: Path, out: str | Path | None, overrides: dict[str, Any]) 
     ends as an unbroken run would. Files of the attempt that saved nothing (its
     TensorBoard events) are replaced.
     """
-    saved = folder / "config.json"
-    if not folder.is_dir() or (folder / "checkpoints" / "last.pt").exists() or not saved.is_file():
+    saved = folder / CONFIG_JSON
+    if not folder.is_dir() or checkpoint_file(folder).exists() or not saved.is_file():
         return None
     if out is not None and Path(out).resolve() != folder.resolve():
         raise ConfigError(
@@ -130,7 +140,7 @@ def _unstarted(folder: Path, out: str | Path | None, overrides: dict[str, Any]) 
     if recorded.get("lr_source") == "found":  # found by the range test: found again
         values.pop("max_lr", None)
         values.pop("min_lr", None)
-    shutil.rmtree(folder / "tb", ignore_errors=True)
+    shutil.rmtree(folder / TB_DIR, ignore_errors=True)
     return Plan(
         folder, TrainConfig(**{**values, **overrides}), None, bool(recorded.get("report", True)),
         in_place=True, message=f"resuming {folder} from the start: it stopped before its first "
@@ -143,7 +153,7 @@ def _resume_folder(record: RunRecord, out: str | Path | None, own: bool, force: 
     if out is None and not own:
         where = "is not inside a run folder" if record.folder is None else "is not its run's"
         raise ConfigError(
-            f"{record.checkpoint} {where} last checkpoint (RUN/checkpoints/last.pt); "
+            f"{record.checkpoint} {where} last checkpoint (RUN/{CHECKPOINT}); "
             "pass --out FOLDER to continue it in a new run folder"
         )
     target = Path(out) if out is not None else record.folder
@@ -207,7 +217,7 @@ def train_run(
         if run is None:
             return history
         if history.lr_finder is not None:
-            save_figure(run, "lr_finder.png", plot_lr_finder(history.lr_finder))
+            save_figure(run, LR_FINDER_PNG, plot_lr_finder(history.lr_finder))
         if on_trained is not None:
             on_trained(history)
         if plan.report:
@@ -242,7 +252,7 @@ class ReportInterrupted(KeyboardInterrupt):
 
 def what_is_saved(out: Path) -> str:
     """After a failure in training: what its run folder holds and the command that goes on."""
-    if not (out / "checkpoints" / "last.pt").is_file():
+    if not checkpoint_file(out).is_file():
         return ""
     try:
         record = RunRecord.open(out)
@@ -300,7 +310,7 @@ def write_report(
     from .records.run_folder import FolderLock
 
     run_dir = Path(run_dir)
-    path = run_dir / "report.html"
+    path = run_dir / REPORT
     held = FolderLock(run_dir) if lock and run_dir.is_dir() else None
     try:
         results = load_run(
@@ -326,13 +336,13 @@ def lr_find(config: TrainConfig, out: str | Path, *, seeds: int = 3, force: bool
     if held:
         raise CheckpointError(
             f"--out {out} holds a training run ({held[0]}); lr-find writes only "
-            "lr_finder.json and lr_finder.png into a folder of its own: choose another --out"
+            f"{LR_FINDER_JSON} and {LR_FINDER_PNG} into a folder of its own: choose another --out"
         )
     run = RunFolder(out, force=force, owns=LR_FIND_FILES)
     try:
         result = lr_range_test_seeds(config, seeds=seeds, progress=progress)
-        run.write_json("lr_finder.json", result.to_dict())
-        save_figure(run, "lr_finder.png", plot_lr_finder(result))
+        run.write_json(LR_FINDER_JSON, result.to_dict())
+        save_figure(run, LR_FINDER_PNG, plot_lr_finder(result))
     except BaseException:
         run.abandon()
         raise

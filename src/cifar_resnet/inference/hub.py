@@ -31,6 +31,7 @@ import torch
 from ..config import MODEL_OPTIONS, TrainConfig, as_saved_run
 from ..errors import CheckpointError, CifarResnetError, ConfigError, oneline
 from ..model.custom_resnet import CustomResNet, load_weights
+from ..records.layout import CHECKPOINTS, CONFIG_JSON
 from ..runtime import resolve_runtime, runnable_precision
 from .types import SIDE, Evaluation, TrainedModel
 
@@ -191,11 +192,7 @@ def export_folder(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CifarResnetError(f"--out {out} is a file; safetensors export writes a folder")
-    if (
-        (out / "checkpoints").exists()
-        or (out / "config.json").exists()
-        and not is_model_folder(out)
-    ):
+    if (out / CHECKPOINTS).exists() or (out / CONFIG_JSON).exists() and not is_model_folder(out):
         raise CifarResnetError(
             f"--out {out} holds something else (a run folder?); choose a new folder"
         )

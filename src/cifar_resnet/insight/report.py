@@ -46,6 +46,7 @@ from ..plots import (
     plot_per_class_accuracy,
     plot_training_curves,
 )
+from ..records.layout import FINAL, LR_FINDER_JSON
 from ..records.records import LRFinderResult
 from ..records.run_folder import RunRecord
 from .analysis import DataSummary, data_figures, summarize_data
@@ -107,7 +108,7 @@ def load_run(
     try:
         finder = None if finder_json is None else LRFinderResult.from_dict(finder_json)
     except (TypeError, ConfigError):
-        raise CheckpointError(f"{path / 'lr_finder.json'} has unexpected fields") from None
+        raise CheckpointError(f"{path / LR_FINDER_JSON} has unexpected fields") from None
     if data is None:
         source = data_dir if data_dir is not None else config.data_dir
         cache = cache_dir if cache_dir is not None else config.cache_dir
@@ -375,16 +376,16 @@ def _overview(r: RunResults, accuracy: float, n_wrong: int) -> str:
     note = (
         ""
         if f
-        else "<p><b>final.json is missing: the run did not finish; this is its last checkpoint."
+        else f"<p><b>{FINAL} is missing: the run did not finish; this is its last checkpoint."
         "</b></p>"
     )
     return (
         note
         + f"<div class='kpi'>{_kpi_boxes(r, accuracy, n_wrong)}</div>"
         + "<h3>Timings and device</h3>"
-        + (_kv_table(shown) if shown else "<p>Not recorded: final.json is missing.</p>")
+        + (_kv_table(shown) if shown else f"<p>Not recorded: {FINAL} is missing.</p>")
         + (
-            "<details><summary>everything else in final.json</summary>"
+            f"<details><summary>everything else in {FINAL}</summary>"
             + _kv_table(extra)
             + "</details>"
             if extra
@@ -402,7 +403,7 @@ def _kpi_boxes(r: RunResults, accuracy: float, n_wrong: int) -> str:
     kpis = [
         ("test accuracy (recomputed)", f"{accuracy:.2%}", f"{n_test:,} test images"),
         (
-            "test accuracy (final.json)",
+            f"test accuracy ({FINAL})",
             f"{f['test_acc']:.2%}" if "test_acc" in f else "n/a",
             f"test loss {f['test_loss']:.4f}" if "test_loss" in f else "",
         ),

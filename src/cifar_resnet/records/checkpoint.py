@@ -17,6 +17,7 @@ import torch
 
 from ..config import RESUME_OVERRIDES, TrainConfig, as_saved_run
 from ..errors import CheckpointError, ConfigError, oneline
+from .layout import checkpoint_file
 from .records import CHECKPOINT_FORMAT, TrainState
 
 __all__ = ["CHECKPOINT_FORMAT", "checkpoint_path", "load_checkpoint"]
@@ -26,7 +27,7 @@ def checkpoint_path(path: str | Path) -> Path:
     """The checkpoint file a ``--checkpoint``/``--resume`` value names (a run folder or a file)."""
     path = Path(path)
     if path.is_dir():
-        candidate = path / "checkpoints" / "last.pt"
+        candidate = checkpoint_file(path)
         if not candidate.exists():
             raise CheckpointError(f"no checkpoint in {path}: expected {candidate}")
         return candidate

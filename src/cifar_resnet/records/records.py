@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import PROG, CheckpointError, ConfigError
+from .layout import CHECKPOINT
 
 CHECKPOINT_FORMAT = "cifar-resnet/2"
 # cifar-resnet/1: no ``ema``; train_seconds, lr_source, epoch_state, rng_ranks,
@@ -63,7 +64,7 @@ class TrainState:
         if not (isinstance(tag, str) and tag.startswith(_FORMAT_FAMILY)):
             raise CheckpointError(
                 f"{source} is not a cifar-resnet checkpoint (expected format "
-                f"{CHECKPOINT_FORMAT}); pass a checkpoints/last.pt written by cifar-resnet train"
+                f"{CHECKPOINT_FORMAT}); pass a {CHECKPOINT} written by {PROG} train"
             )
         if tag != CHECKPOINT_FORMAT and tag not in OLDER_FORMATS:
             readable = ", ".join((*OLDER_FORMATS, CHECKPOINT_FORMAT))

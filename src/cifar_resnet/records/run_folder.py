@@ -28,23 +28,24 @@ except ImportError:  # Windows: no flock; folders are not locked there
 
 from .. import files
 from ..config import TrainConfig
-from ..errors import CheckpointError, oneline
+from ..errors import PROG, CheckpointError, oneline
 from ..files import process_alive, read_json
 from .checkpoint import checkpoint_path, config_from_checkpoint, load_checkpoint
+from .layout import (
+    CHECKPOINT,
+    CHECKPOINTS,
+    CONFIG_JSON,
+    FINAL,
+    LAST,
+    LOCK_FILE,
+    LR_FINDER_JSON,
+    METRICS,
+    RUN_FILES,
+    TB_DIR,
+    checkpoint_file,
+)
 from .records import TrainState
 
-RUN_FILES = (
-    "config.json",
-    "metrics.jsonl",
-    "final.json",
-    "lr_finder.json",
-    "lr_finder.png",
-    "report.html",
-    "checkpoints/last.pt",
-)
-LR_FIND_FILES = ("lr_finder.json", "lr_finder.png")
-LOCK_FILE = ".lock"
-TB_DIR = "tb"  # TensorBoard's event files: moved aside and put back with the run they belong to
 ASIDE_PREFIX = ".replaced-"  # an earlier run moved aside by --force until the new one checkpoints
 
 
@@ -165,7 +166,7 @@ class RunFolder:
 
     def _make_folders(self) -> list[Path]:
         """Create the folder (and checkpoints/ when this writer owns a checkpoint)."""
-        wanted = self.path / "checkpoints" if "checkpoints/last.pt" in self.owns else self.path
+        wanted = self.path / CHECKPOINTS if CHECKPOINT in self.owns else self.path
         made = []  # deepest first
         missing = wanted
         while not missing.exists() and missing != missing.parent:
@@ -194,14 +195,14 @@ class RunFolder:
             raise CheckpointError(
                 f"cannot write to --out {self.path} ({e.strerror or e}); choose a writable folder"
             ) from None
-        if held and "checkpoints/last.pt" in self.owns:
+        if held and CHECKPOINT in self.owns:
             events = [TB_DIR] if (self.path / TB_DIR).is_dir() else []
             self._move_aside(held + events)
 
     def _recover_aside(self) -> None:
         """Settle what a killed ``--force`` left here (see ``settle_replaced``)."""
         for aside in _stale_asides(self.path):
-            if (self.path / "checkpoints" / "last.pt").exists():
+            if checkpoint_file(self.path).exists():
                 shutil.rmtree(aside, ignore_errors=True)
                 continue
             self._remove_failed_run()
@@ -213,7 +214,7 @@ class RunFolder:
         for name in self.owns:
             with contextlib.suppress(OSError):
                 (self.path / name).unlink(missing_ok=True)
-        if "checkpoints/last.pt" in self.owns:
+        if CHECKPOINT in self.owns:
             shutil.rmtree(self.path / TB_DIR, ignore_errors=True)
 
     def _move_aside(self, held: list[str]) -> None:
@@ -270,16 +271,13 @@ class RunFolder:
 
     def how_to_go_on(self) -> str:
         """What a user does after a failed write: what follows "then" in the error."""
-        if "checkpoints/last.pt" not in self.owns:
+        if CHECKPOINT not in self.owns:
             return "run the same command again"
         if self._aside is not None:  # forced, nothing saved yet: the earlier run goes back
             return "run the same command again (the earlier run is put back as it was)"
-        if (
-            not (self.path / "checkpoints" / "last.pt").exists()
-            and not (self.path / "config.json").exists()
-        ):  # nothing of this run written yet: the folder is removed
-            return "run the same command again"
-        return f"continue with: cifar-resnet train --resume {self.path}"
+        if not checkpoint_file(self.path).exists() and not (self.path / CONFIG_JSON).exists():
+            return "run the same command again"  # nothing of this run written: the folder goes
+        return f"continue with: {PROG} train --resume {self.path}"
 
     def _write(self, path: Path, write: Callable[[IO[bytes]], None]) -> None:
         files.atomic_write(path, write, then=self.how_to_go_on())
@@ -299,7 +297,7 @@ class RunFolder:
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
         """Append one epoch's metrics to metrics.jsonl (the whole file is rewritten atomically)."""
-        path = self.path / "metrics.jsonl"
+        path = self.path / METRICS
         old = path.read_bytes() if path.exists() else b""
         line = files.json_bytes(metrics, indent=None)
         self._write(path, lambda f: f.write(old + line))
@@ -307,11 +305,11 @@ class RunFolder:
     def rewrite_metrics(self, epochs: list[dict[str, Any]]) -> None:
         """Replace metrics.jsonl with these epochs (resuming drops lines past the checkpoint)."""
         data = b"".join(files.json_bytes(m, indent=None) for m in epochs)
-        self._write(self.path / "metrics.jsonl", lambda f: f.write(data))
+        self._write(self.path / METRICS, lambda f: f.write(data))
 
-    def save_checkpoint(self, state: dict[str, Any], name: str = "last.pt") -> Path:
+    def save_checkpoint(self, state: dict[str, Any], name: str = LAST) -> Path:
         """Save a checkpoint dict under checkpoints/; the first one retires an earlier run."""
-        path = self.path / "checkpoints" / name
+        path = self.path / CHECKPOINTS / name
         self._write(path, lambda f: torch.save(state, f))
         if self._aside is not None:  # the new run can now stand in the old one's place
             shutil.rmtree(self._aside, ignore_errors=True)
@@ -343,9 +341,9 @@ class RunRecord:
         file = checkpoint_path(path)
         state = load_checkpoint(file)
         folder = Path(path) if Path(path).is_dir() else None
-        if folder is None and file.parent.name == "checkpoints":
+        if folder is None and file.parent.name == CHECKPOINTS:
             candidate = file.parent.parent
-            if (candidate / "config.json").exists():
+            if (candidate / CONFIG_JSON).exists():
                 folder = candidate
         return cls(folder, file, state)
 
@@ -361,20 +359,20 @@ class RunRecord:
 
     def config_json(self) -> dict[str, Any]:
         """config.json (the resolved config and lr_source), or the checkpoint's config."""
-        path = self._file("config.json")
+        path = self._file(CONFIG_JSON)
         return read_json(path) if path else {**self.state.config, "lr_source": self.state.lr_source}
 
     def final(self) -> dict[str, Any]:
         """final.json; empty when the run did not finish."""
-        path = self._file("final.json")
+        path = self._file(FINAL)
         return read_json(path) if path else {}
 
     def metrics(self) -> list[dict[str, Any]]:
         """metrics.jsonl, or the checkpoint's copy of the epochs so far."""
-        path = self._file("metrics.jsonl")
+        path = self._file(METRICS)
         return read_metrics(path) if path else list(self.state.metrics)
 
     def lr_finder_json(self) -> dict[str, Any] | None:
         """lr_finder.json, when the range test chose the run's LRs."""
-        path = self._file("lr_finder.json")
+        path = self._file(LR_FINDER_JSON)
         return read_json(path) if path else None
