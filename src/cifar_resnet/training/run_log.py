@@ -20,6 +20,7 @@ from ..data.splits import Split
 from ..errors import ConfigError
 from ..inference.evaluation import predict_logits
 from ..inference.metrics import confusion_matrix, select_misclassified
+from ..records.layout import CONFIG_JSON, FINAL, LR_FINDER_JSON
 from ..records.records import EpochMetrics, RunSummary, TrainState
 from ..records.run_folder import RunFolder
 from ..runtime import Runtime
@@ -72,9 +73,9 @@ class RunLog:
         if self.folder is None:
             return
         settings = {**config.to_dict(), "lr_source": lrs.source, **self.folder.extra}
-        self.folder.write_json("config.json", settings)
+        self.folder.write_json(CONFIG_JSON, settings)
         if lrs.finder is not None:
-            self.folder.write_json("lr_finder.json", lrs.finder.to_dict())
+            self.folder.write_json(LR_FINDER_JSON, lrs.finder.to_dict())
             if self.tb is not None and resume is None:
                 self.tb.range_test(lrs.finder)
         if resume is not None:
@@ -97,7 +98,7 @@ class RunLog:
         """final.json; TensorBoard's last figures (``figures()``) and hparams. The final dict."""
         final = summary.to_dict(config.to_dict())
         if self.folder is not None:
-            self.folder.write_json("final.json", final)
+            self.folder.write_json(FINAL, final)
         if self.tb is not None:
             metrics = {k: final[k] for k in ("test_acc", "test_loss", "train_acc", "train_loss")}
             hparams = {**config.to_dict(), "lr_source": final["lr_source"]}
