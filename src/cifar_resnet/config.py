@@ -290,11 +290,8 @@ class TrainConfig:
             )
         if self.min_lr is not None and self.max_lr is not None and self.min_lr > self.max_lr:
             raise ConfigError(f"--min-lr ({self.min_lr}) must not exceed --max-lr ({self.max_lr})")
-        if self.finder_start_lr >= self.finder_end_lr:
-            raise ConfigError(
-                f"--finder-start-lr ({self.finder_start_lr}) must be below "
-                f"--finder-end-lr ({self.finder_end_lr})"
-            )
+        check_sweep(self.finder_start_lr, self.finder_end_lr, self.finder_num_iter,
+                    self.finder_rule)  # fmt: skip
         if not is_device(self.device):
             raise ConfigError(f"--device must be {DEVICE_FORMS}, got {self.device!r}")
 
@@ -322,6 +319,25 @@ class TrainConfig:
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def check_sweep(start_lr: float, end_lr: float, num_iter: int, rule: str) -> None:
+    """The LR range test's settings, checked here alone: by ``TrainConfig`` for its
+    ``finder_*`` fields and by ``lr_finder.Sweep`` for a sweep built by hand."""
+    if not 0 < start_lr < end_lr:
+        raise ConfigError(
+            f"--finder-start-lr ({start_lr}) must be below --finder-end-lr ({end_lr}), both "
+            "above 0 (the range test needs 0 < start_lr < end_lr)"
+        )
+    if num_iter < 10:
+        raise ConfigError(f"--finder-num-iter must be at least 10 steps, got {num_iter}")
+    check_finder_rule(rule)
+
+
+def check_finder_rule(rule: str) -> None:
+    """ConfigError unless ``rule`` is one of ``FINDER_RULES``."""
+    if rule not in FINDER_RULES:
+        raise ConfigError(f"--finder-rule must be one of {', '.join(FINDER_RULES)}, got {rule!r}")
 
 
 def is_device(value: str) -> bool:

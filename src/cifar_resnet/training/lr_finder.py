@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import FINDER_RULES, TrainConfig
+from ..config import TrainConfig, check_finder_rule, check_sweep
 from ..errors import ConfigError
 from ..records.records import LRFinderResult
 from .lifecycle import capture_rng, restore_rng
@@ -122,8 +122,7 @@ def choose_lrs(
     floor_fraction: float = FLOOR_FRACTION,
 ) -> tuple[float, float]:
     """(LRMAX, LRMIN) from a range-test curve by ``rule`` (see the module docstring)."""
-    if rule not in FINDER_RULES:
-        raise ConfigError(f"--finder-rule must be one of {', '.join(FINDER_RULES)}, got {rule!r}")
+    check_finder_rule(rule)
     if len(lrs) < 3:
         raise ConfigError(
             "the LR range test stopped after fewer than 3 steps; lower --finder-start-lr"
@@ -167,15 +166,7 @@ class Sweep:
     min_lr_divisor: float = 10.0  # LRMIN = LRMAX / this
 
     def __post_init__(self) -> None:
-        if not 0 < self.start_lr < self.end_lr:
-            raise ConfigError(
-                f"LR range test needs 0 < start_lr < end_lr, got {self.start_lr}, {self.end_lr}"
-            )
-        if self.num_iter < 10:
-            raise ConfigError(f"LR range test needs at least 10 steps, got {self.num_iter}")
-        if self.rule not in FINDER_RULES:
-            rules = ", ".join(FINDER_RULES)
-            raise ConfigError(f"--finder-rule must be one of {rules}, got {self.rule!r}")
+        check_sweep(self.start_lr, self.end_lr, self.num_iter, self.rule)
 
     def lrs(self) -> list[float]:
         """The LR of each step: ``num_iter`` values growing geometrically."""
