@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import Served, make_synthetic, write_pickles
+from helpers import TINY_RUN, Served, make_synthetic, write_pickles
 
 from cifar_resnet.data.load import Cifar10
 
@@ -22,6 +22,22 @@ def synthetic() -> Cifar10:
 def pickle_dir(tmp_path: Path, synthetic: Cifar10) -> Path:
     """A cifar-10-batches-py folder of the synthetic data."""
     return write_pickles(tmp_path / "data", synthetic)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic: Cifar10) -> Path:
+    """One run folder of ``TINY_RUN`` (the LR given, the first 150 test images), trained
+    through the command line with its report, for the tests that only read a run; a test
+    that changes a run changes its own copy (``shutil.copytree``)."""
+    from cifar_resnet import cli
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    data_dir = write_pickles(root / "data", synthetic)
+    argv = ["train", "--data-dir", str(data_dir), "--cache-dir", str(root / "cache"),
+            "--out", str(root / "run"), *TINY_RUN, "--max-lr", "2e-3", "--limit-test", "150",
+            "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 0
+    return root / "run"
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

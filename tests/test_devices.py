@@ -65,11 +65,8 @@ def test_model_summary_leaves_a_model_where_it_is():
 
 
 def test_the_report_predicts_with_its_model_on_the_device_load_model_chose(
-    tmp_path, synthetic, monkeypatch
+    tiny_run, synthetic, monkeypatch
 ):
-    out = tmp_path / "run"
-    fit(TINY.replace(epochs=1), synthetic, run=RunFolder(out), progress=False)
-
     def on_meta(state, device):  # as a CUDA machine would: the model on its accelerator
         trained = load_model(state, device="cpu")
         return dataclasses.replace(trained, model=trained.model.to("meta"))
@@ -82,7 +79,7 @@ def test_the_report_predicts_with_its_model_on_the_device_load_model_chose(
 
     monkeypatch.setattr(report, "load_model", on_meta)
     monkeypatch.setattr(report, "predict_logits", predict)
-    results = report.load_run(out, data=synthetic, device="cpu")
+    results = report.load_run(tiny_run, data=synthetic, device="cpu")
     assert seen == ["meta"] and "Total params" in results.summary
 
 
@@ -146,10 +143,8 @@ def test_loss_scaling_is_part_of_the_run_and_of_its_checkpoint(tmp_path, synthet
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
-def test_a_model_trained_in_fp16_on_a_gpu_is_evaluated_in_fp32_on_the_cpu(tmp_path, synthetic):
-    out = tmp_path / "run"
-    fit(TINY.replace(epochs=1, precision="fp32"), synthetic, run=RunFolder(out), progress=False)
-    state = load_checkpoint(out)
+def test_a_model_trained_in_fp16_on_a_gpu_is_evaluated_in_fp32_on_the_cpu(tiny_run):
+    state = load_checkpoint(tiny_run)
     state.config["precision"] = "fp16"  # as a T4 records it
     assert load_model(state, device="cpu").runtime.precision == "fp32"
     state.config["precision"] = "bf16"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -249,15 +250,9 @@ def test_yaml_reads_exponent_numbers_as_numbers(tmp_path):
 
 
 @pytest.fixture
-def trained(pickle_dir, tmp_path, capsys) -> Path:
-    out = tmp_path / "run"
-    code, _, err = run_cli(
-        ["train", "--data-dir", str(pickle_dir), "--cache-dir", str(tmp_path / "c"),
-         "--out", str(out), *TINY_RUN, "--max-lr", "2e-3", "--quiet", "--no-report"],
-        capsys,
-    )  # fmt: skip
-    assert code == 0, err
-    return out
+def trained(tiny_run, tmp_path) -> Path:
+    """A copy of the shared one-epoch run (``TINY_RUN``, trained through the command line)."""
+    return shutil.copytree(tiny_run, tmp_path / "run")
 
 
 def test_safetensors_export_reloads_without_pickle_with_the_same_logits(trained, tmp_path, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_RUN, write_pickles
+from helpers import write_pickles
 from PIL import Image
 
 from cifar_resnet import cli
@@ -208,34 +208,12 @@ def test_load_run_errors_are_one_line(tmp_path, run_dir, synthetic):
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: train writes the report; report rebuilds it
+# Command line: train writes the report (the shared tiny_run, trained with --limit-test 150);
+# report rebuilds it
 
 
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory, synthetic) -> Path:
-    root = tmp_path_factory.mktemp("cli-report")
-    data_dir = write_pickles(root / "data", synthetic)
-    argv = [
-        "train",
-        "--data-dir",
-        str(data_dir),
-        "--cache-dir",
-        str(root / "cache"),
-        *TINY_RUN,
-        "--max-lr",
-        "2e-3",
-        "--limit-test",
-        "150",
-        "--quiet",
-        "--out",
-        str(root / "run"),
-    ]
-    assert cli.main(argv) == 0
-    return root / "run"
-
-
-def test_train_writes_report_html(cli_run):
-    page = (cli_run / "report.html").read_text()
+def test_train_writes_report_html(tiny_run):
+    page = (tiny_run / "report.html").read_text()
     p = _parse(page)
     assert p.sections == [key for key, _ in SECTIONS]
     assert "of 150 test images are misclassified" in page  # --limit-test applied
@@ -246,15 +224,16 @@ def test_train_writes_report_html(cli_run):
         _decode(img["src"])
 
 
-def test_report_command_rebuilds_with_another_data_dir(cli_run, tmp_path, synthetic, capsys):
+def test_report_command_rebuilds_with_another_data_dir(tiny_run, tmp_path, synthetic, capsys):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
     moved = write_pickles(tmp_path / "elsewhere", synthetic)
-    (cli_run / "report.html").unlink()
-    argv = ["report", str(cli_run), "--data-dir", str(moved), "--cache-dir", str(tmp_path)]
+    (run / "report.html").unlink()
+    argv = ["report", str(run), "--data-dir", str(moved), "--cache-dir", str(tmp_path)]
     code = cli.main([*argv, "--device", "cpu", "--gradcam-layer", "layer3", "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
-    assert f"report in {cli_run / 'report.html'}" in out
-    page = (cli_run / "report.html").read_text()
+    assert f"report in {run / 'report.html'}" in out
+    page = (run / "report.html").read_text()
     assert "<code>layer3</code>" in page and str(moved.resolve()) in page
 
 
