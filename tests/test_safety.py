@@ -28,8 +28,9 @@ from cifar_resnet.records import run_folder
 SRC = Path(__file__).resolve().parents[1] / "src"
 # The threads of the pytest process too: runs compared bit for bit must split their work alike.
 ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(torch.get_num_threads())}
-# A tiny run: 3 epochs of 6 steps; the LR given, so no range test; the precision given, as
-# "auto" may time its probe differently in each process on a CPU that probes.
+# A tiny run: 3 epochs of 2 steps (the 200 images of data_dir); the LR given, so no range
+# test; the precision given, as "auto" may time its probe differently in each process on a
+# CPU that probes.
 RUN = ["--width", "0.25", "--epochs", "3", "--peak-epoch", "1", "--batch-size", "100",
        "--max-lr", "2e-3", "--device", "cpu", "--precision", "fp32", "--seed", "5",
        "--quiet"]  # fmt: skip
@@ -56,7 +57,7 @@ def _one_line(code: int, err: str, *needles: str) -> str:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    return write_pickles(tmp_path_factory.mktemp("data"), make_synthetic(600, 100))
+    return write_pickles(tmp_path_factory.mktemp("data"), make_synthetic(200, 100))
 
 
 def _args(data_dir: Path, out: Path, *extra: str) -> list[str]:
