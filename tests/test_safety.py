@@ -23,7 +23,7 @@ import torch
 from helpers import make_synthetic, run_cli, write_pickles
 
 from cifar_resnet import files
-from cifar_resnet.records import run_folder
+from cifar_resnet.records import folder_lock, layout, run_folder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # The threads of the pytest process too: runs compared bit for bit must split their work alike.
@@ -41,7 +41,7 @@ def _checksums(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != run_folder.LOCK_FILE
+        if p.is_file() and p.name != layout.LOCK_FILE
     }
 
 
@@ -92,7 +92,7 @@ def earlier(reference, tmp_path) -> Path:
     """A copy of the finished reference run, to be attacked."""
     out = tmp_path / "earlier"
     for path in reference.rglob("*"):
-        if path.is_file() and path.name != run_folder.LOCK_FILE:
+        if path.is_file() and path.name != layout.LOCK_FILE:
             target = out / path.relative_to(reference)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(path.read_bytes())
@@ -302,7 +302,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_kill_9_leaves_no_lock(
 ):
     out = tmp_path / "shared"
     first = _start([*_args(data_dir, out, "--no-report"), "--epochs", "40"])
-    lock = out / run_folder.LOCK_FILE
+    lock = out / layout.LOCK_FILE
     _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), first)
     for extra in ([], ["--force"]):
         code, _, err = run_cli(_args(data_dir, out, "--no-report", *extra), capsys)
@@ -314,7 +314,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_kill_9_leaves_no_lock(
     assert not (out / "report.html").exists()
     finder = tmp_path / "finder"  # an lr-find folder being written (here, by this process)
     finder.mkdir()
-    held = run_folder.FolderLock(finder)
+    held = folder_lock.FolderLock(finder)
     argv = ["lr-find", "--data-dir", str(data_dir), "--cache-dir", str(data_dir / "cache"),
             "--out", str(finder), "--quiet"]  # fmt: skip
     code, _, err = run_cli(argv, capsys)

@@ -47,7 +47,8 @@ from .records.layout import (
     checkpoint_file,
 )
 from .records.records import TrainState
-from .records.run_folder import RunFolder, RunRecord, settle_replaced
+from .records.replace import settle_replaced
+from .records.run_folder import RunFolder, RunRecord
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,7 @@ def write_report(
     """
     from .insight.gradcam import DEFAULT_LAYER
     from .insight.report import build_report, load_run
-    from .records.run_folder import FolderLock
+    from .records.folder_lock import FolderLock
 
     run_dir = Path(run_dir)
     path = run_dir / REPORT

@@ -2,7 +2,9 @@
 
 ``RunFolder`` writes one: every file atomically (a temporary file in the same folder,
 then ``os.replace``), so an interrupted write never leaves a truncated file in place
-of a good one; a folder that already holds a run is refused unless ``force``.
+of a good one; a folder that already holds a run is refused unless ``force``. It holds
+the folder's lock (``folder_lock``) while open, and replaces an earlier run as
+``replace`` says.
 ``RunRecord.open`` reads one back (or a loose checkpoint file): the one reader that
 ``report``, ``load_model`` and ``train --resume`` share.
 """
@@ -11,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +21,13 @@ from typing import IO, Any
 
 import torch
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; folders are not locked there
-    fcntl = None
-
 from .. import files
 from ..config import TrainConfig
 from ..errors import PROG, CheckpointError, oneline
-from ..files import process_alive, read_json
+from ..files import read_json
+from . import replace
 from .checkpoint import checkpoint_path, config_from_checkpoint, load_checkpoint
+from .folder_lock import FolderLock
 from .layout import (
     CHECKPOINT,
     CHECKPOINTS,
@@ -45,85 +42,6 @@ from .layout import (
     checkpoint_file,
 )
 from .records import TrainState
-
-ASIDE_PREFIX = ".replaced-"  # an earlier run moved aside by --force until the new one checkpoints
-
-
-class FolderLock:
-    """An exclusive OS lock on a run folder (``flock`` on its .lock file), held until released.
-
-    The kernel drops it when the process ends, however it ends, so ``kill -9`` leaves no
-    stale lock. The file holds the holder's PID, for the error a second writer gets.
-    Where ``fcntl`` does not exist (Windows), folders are not locked.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK_FILE
-        self._file: IO[str] | None = None
-        if fcntl is None:
-            return
-        try:
-            f = open(self.path, "a+")  # noqa: SIM115 (held open while the lock lives)
-        except OSError as e:
-            raise CheckpointError(
-                f"cannot write to {folder} ({e.strerror or e}); choose a writable folder"
-            ) from None
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            f.close()
-            raise CheckpointError(
-                f"{folder} is being written by another cifar-resnet process (PID {holder}); "
-                "wait for it to finish, stop it, or choose another folder"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        self._file = f
-
-    def release(self, remove: bool = False) -> None:
-        """Drop the lock (and delete the lock file, when the folder is being removed)."""
-        if self._file is None:
-            return
-        if remove:
-            self.path.unlink(missing_ok=True)
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
-        self._file = None
-
-
-def _stale_asides(folder: Path) -> list[Path]:
-    """Earlier runs moved aside by ``--force`` processes that are gone."""
-    stale = []
-    for aside in sorted(folder.glob(f"{ASIDE_PREFIX}*")):
-        pid = aside.name.rsplit("-", 1)[-1]
-        if aside.is_dir() and pid.isdigit() and not process_alive(int(pid)):
-            stale.append(aside)
-    return stale
-
-
-def settle_replaced(folder: str | Path) -> None:
-    """Settle what a ``--force`` killed mid-way (``kill -9``, a power cut) left in ``folder``.
-
-    Its earlier run waits in ``.replaced-<time>-<pid>/``. If the replacing run saved no
-    checkpoint, it never stood in for the earlier one: its few files go and the earlier
-    run is put back, as if the forced run had not started. If it did, the earlier run
-    was already replaced, and the folder it waited in is removed. Only folders of
-    processes that are gone are touched, under the folder's lock (a folder another
-    process writes is left alone). Opening a ``RunFolder`` does this first, and
-    ``train --resume`` before it reads the folder.
-    """
-    folder = Path(folder)
-    if not folder.is_dir() or not _stale_asides(folder):
-        return
-    try:
-        run = RunFolder(folder, resume=True)  # settles under the lock as it opens
-    except CheckpointError:
-        return  # written by another process: not ours to settle
-    run.close()
 
 
 class RunFolder:
@@ -158,7 +76,7 @@ class RunFolder:
             self._remove_made()
             raise
         try:
-            self._recover_aside()
+            replace.recover(self.path, self.owns)
             self._claim(force, resume)
         except BaseException:
             self.abandon()
@@ -197,53 +115,7 @@ class RunFolder:
             ) from None
         if held and CHECKPOINT in self.owns:
             events = [TB_DIR] if (self.path / TB_DIR).is_dir() else []
-            self._move_aside(held + events)
-
-    def _recover_aside(self) -> None:
-        """Settle what a killed ``--force`` left here (see ``settle_replaced``)."""
-        for aside in _stale_asides(self.path):
-            if checkpoint_file(self.path).exists():
-                shutil.rmtree(aside, ignore_errors=True)
-                continue
-            self._remove_failed_run()
-            self._aside = aside
-            self._restore_aside()
-
-    def _remove_failed_run(self) -> None:
-        """Delete the files of a run that replaced nothing (before its earlier run comes back)."""
-        for name in self.owns:
-            with contextlib.suppress(OSError):
-                (self.path / name).unlink(missing_ok=True)
-        if CHECKPOINT in self.owns:
-            shutil.rmtree(self.path / TB_DIR, ignore_errors=True)
-
-    def _move_aside(self, held: list[str]) -> None:
-        aside = self.path / f"{ASIDE_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        try:
-            for name in held:
-                target = aside / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(self.path / name, target)
-        except OSError as e:
-            self._aside = aside
-            self._restore_aside()
-            raise CheckpointError(
-                f"cannot move the earlier run in {self.path} aside ({e.strerror or e}); "
-                "nothing was replaced"
-            ) from None
-        self._aside = aside
-
-    def _restore_aside(self) -> None:
-        if self._aside is None:
-            return
-        for path in sorted(self._aside.rglob("*")):
-            if path.is_file():
-                dest = self.path / path.relative_to(self._aside)
-                with contextlib.suppress(OSError):
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(path, dest)
-        shutil.rmtree(self._aside, ignore_errors=True)
-        self._aside = None
+            self._aside = replace.move_aside(self.path, held + events)
 
     def _remove_made(self) -> None:
         for folder in self._made:
@@ -257,8 +129,8 @@ class RunFolder:
         A folder that existed before is never removed.
         """
         if self._aside is not None:
-            self._remove_failed_run()
-            self._restore_aside()
+            replace.put_back(self.path, self._aside, self.owns)
+            self._aside = None
         empty = self._made and not any(
             p.name != LOCK_FILE for p in self.path.rglob("*") if p.is_file()
         )
