@@ -33,19 +33,22 @@ LIMIT_TEST = 150  # the run evaluates on the first 150 of the 200 test images
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder trained for one epoch; its config points at a pickles copy of the data."""
+    """A run folder trained for one epoch of two steps (bf16 steps are slow on CPUs without
+    bf16 units; what is checked here is inference); its config points at a pickles copy of
+    the data."""
     root = tmp_path_factory.mktemp("inference")
     data = make_synthetic()
     pickles = write_pickles(root / "data", data)
     config = TrainConfig(
         data_dir=str(pickles),
         cache_dir=str(root / "cache"),
+        limit_train=200,
         limit_test=LIMIT_TEST,
         width=0.25,
         epochs=1,
         peak_epoch=1,
         batch_size=100,
-        max_lr=1e-2,  # learns about half the synthetic classes in one epoch
+        max_lr=1e-2,
         device="cpu",
         precision="bf16",  # evaluate must reproduce a bf16 run exactly, in bf16
     )
