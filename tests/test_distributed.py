@@ -5,9 +5,10 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import TINY_RUN
+from helpers import TINY_RUN, make_synthetic, write_pickles
 
 from cifar_resnet.config import TrainConfig
+from cifar_resnet.data.load import Cifar10
 from cifar_resnet.distributed import per_rank_batch, shard
 from cifar_resnet.errors import ConfigError
 
@@ -16,6 +17,12 @@ CONFIG = TrainConfig(
     width=0.25, epochs=2, peak_epoch=1, batch_size=100, max_lr=2e-3, device="cpu", seed=3,
     precision="fp32",
 )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def small() -> Cifar10:
+    """200 training images: two steps an epoch, so each test's processes train little."""
+    return make_synthetic(200, 100)
 
 
 def test_rank_shards_of_every_batch_are_disjoint_and_cover_the_data():
@@ -78,7 +85,7 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.6])
 def test_two_gloo_processes_train_identical_weights_and_report_the_true_accuracy(
-    synthetic, tmp_path, ema_decay
+    small, tmp_path, ema_decay
 ):
     """With --ema-decay the EMA is what is evaluated and saved: its BatchNorm statistics,
     averaged on each rank from its own, are rank 0's everywhere too."""
@@ -87,7 +94,7 @@ def test_two_gloo_processes_train_identical_weights_and_report_the_true_accuracy
     from cifar_resnet.runtime import resolve_runtime
     from cifar_resnet.training.setup import build_model
 
-    args = (2, _free_port(), synthetic, str(tmp_path), ema_decay)
+    args = (2, _free_port(), small, str(tmp_path), ema_decay)
     mp.spawn(_worker, args=args, nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
@@ -106,7 +113,7 @@ def test_two_gloo_processes_train_identical_weights_and_report_the_true_accuracy
 
     # The reported test accuracy is that of the final model, evaluated in one process.
     runtime = resolve_runtime("cpu", CONFIG.precision)
-    _, test = prepare_splits(synthetic, CONFIG, runtime)
+    _, test = prepare_splits(small, CONFIG, runtime)
     model = build_model(CONFIG)
     model.load_state_dict(r0["model"])
     single = evaluate(model, test, runtime, batch_size=CONFIG.eval_batch_size)
@@ -114,7 +121,7 @@ def test_two_gloo_processes_train_identical_weights_and_report_the_true_accuracy
     assert r0["final"]["test_loss"] == pytest.approx(single["loss"], rel=1e-6)
 
 
-def test_torchrun_two_processes_write_one_run(pickle_dir, tmp_path):
+def test_torchrun_two_processes_write_one_run(small, tmp_path):
     import json
     import os
     import shutil
@@ -131,6 +138,7 @@ def test_torchrun_two_processes_write_one_run(pickle_dir, tmp_path):
         "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
     }
     out = tmp_path / "run"
+    pickle_dir = write_pickles(tmp_path / "data", small)
     proc = subprocess.run(
         [
             torchrun,
@@ -230,9 +238,7 @@ def _precision_worker(rank: int, world: int, port: int, data, out: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def test_every_rank_trains_in_the_precision_rank_0_chose(synthetic, tmp_path):
-    mp.spawn(
-        _precision_worker, args=(2, _free_port(), synthetic, str(tmp_path)), nprocs=2, join=True
-    )
+def test_every_rank_trains_in_the_precision_rank_0_chose(small, tmp_path):
+    mp.spawn(_precision_worker, args=(2, _free_port(), small, str(tmp_path)), nprocs=2, join=True)
     assert (tmp_path / "rank0.txt").read_text() == "bf16"
     assert (tmp_path / "rank1.txt").read_text() == "bf16"  # not its own probe's fp32
