@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_RUN, run_cli
+from helpers import TINY_RUN, make_synthetic, run_cli, write_pickles
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cifar_resnet.config import TrainConfig
@@ -335,18 +335,24 @@ def _train_args(pickle_dir: Path, out: Path) -> list[str]:
             "--max-lr", "2e-3", "--quiet"]  # fmt: skip
 
 
+@pytest.fixture
+def small_pickle_dir(tmp_path: Path) -> Path:
+    """200 training and 100 test images: a run of two steps, a quick report."""
+    return write_pickles(tmp_path / "data", make_synthetic(200, 100))
+
+
 def _device_mismatch(*args, **kwargs):
     raise RuntimeError("Expected all tensors to be on the same device")  # as on a CUDA machine
 
 
 def test_an_unexpected_error_after_the_last_checkpoint_says_the_run_is_saved(
-    pickle_dir, tmp_path, capsys, monkeypatch
+    small_pickle_dir, tmp_path, capsys, monkeypatch
 ):
     from cifar_resnet.training import fit as train
 
     monkeypatch.setattr(train, "_summary", _device_mismatch)
     out = tmp_path / "run"
-    code, _, err = run_cli([*_train_args(pickle_dir, out), "--no-report"], capsys)
+    code, _, err = run_cli([*_train_args(small_pickle_dir, out), "--no-report"], capsys)
     _assert_one_line_error(
         code, err, "unexpected RuntimeError", "the run is saved in", f"cifar-resnet report {out}",
         exit_code=1,
@@ -357,11 +363,11 @@ def test_an_unexpected_error_after_the_last_checkpoint_says_the_run_is_saved(
 
 
 def test_an_unexpected_error_in_the_report_keeps_the_run_and_says_how_to_build_it(
-    pickle_dir, tmp_path, capsys, monkeypatch
+    small_pickle_dir, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setattr(report, "build_report", _device_mismatch)
     out = tmp_path / "run"
-    code, stdout, err = run_cli(_train_args(pickle_dir, out), capsys)
+    code, stdout, err = run_cli(_train_args(small_pickle_dir, out), capsys)
     _assert_one_line_error(
         code, err, "the run is saved but its report is not", "unexpected RuntimeError",
         f"cifar-resnet report {out}",
