@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import write_pickles
+from helpers import make_synthetic, write_pickles
 
 nbformat = pytest.importorskip("nbformat", reason="nbformat is in the test extra")
 nbclient = pytest.importorskip("nbclient", reason="nbclient is in the test extra")
@@ -62,8 +62,9 @@ def _kernel_for_this_python(folder: Path) -> str:
     return name
 
 
-def test_notebook_runs_on_a_tiny_configuration(tmp_path, monkeypatch, synthetic):
-    data_dir = write_pickles(tmp_path / "data", synthetic)
+def test_notebook_runs_on_a_tiny_configuration(tmp_path, monkeypatch):
+    # fewer images than its QUICK limits: an epoch of two steps, a report on 100 test images
+    data_dir = write_pickles(tmp_path / "data", make_synthetic(200, 100))
     monkeypatch.setenv("CIFAR10_DIR", str(data_dir))
     monkeypatch.setenv("CIFAR_RESNET_QUICK", "1")
     monkeypatch.setenv("CIFAR_RESNET_RUN", str(tmp_path / "run"))
