@@ -18,7 +18,7 @@ from helpers import TINY_RUN, make_synthetic, run_cli, write_pickles
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cifar_resnet.config import TrainConfig
-from cifar_resnet.data.splits import prepare_splits, train_batches
+from cifar_resnet.data.splits import EpochLength, epoch_order, prepare_splits, train_batches
 from cifar_resnet.errors import ConfigError, TrainingInterrupted
 from cifar_resnet.inference.evaluation import evaluate
 from cifar_resnet.inference.predict import load_model
@@ -29,8 +29,8 @@ from cifar_resnet.records.checkpoint import load_checkpoint
 from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import Runtime, resolve_precision, resolve_runtime
 from cifar_resnet.training import lifecycle
-from cifar_resnet.training.epoch import Callbacks, EpochState, StepMonitor, train_one_epoch
-from cifar_resnet.training.fit import fit
+from cifar_resnet.training.epoch import Callbacks, EpochState, StepMonitor
+from cifar_resnet.training.fit import fit, train_step
 from cifar_resnet.training.setup import (
     build_criterion,
     build_model,
@@ -253,15 +253,20 @@ def test_a_training_epoch_and_evaluation_create_no_float64_tensor_where_mps_forb
     torch.manual_seed(0)
     model = build_model(config)
     optimizer = build_optimizer(model, config, runtime)
-    scheduler = build_scheduler(optimizer, config, len(train))
+    epoch = EpochLength.of(len(train), config.batch_size, config.drop_last)
+    scheduler = build_scheduler(optimizer, config, epoch)
+    criterion = build_criterion(config)
     generator = torch.Generator().manual_seed(0)
-    state = EpochState(torch.randperm(len(train), generator=generator))
+    state = EpochState(epoch_order(len(train), generator))
     batches = train_batches(train, config, runtime, generator, order=state.order)
     with _NoFloat64() as watch:
-        result = train_one_epoch(
-            model, build_criterion(config), optimizer, scheduler, batches, runtime,
-            StepMonitor(state, runtime, config, n_images=len(train)),
-        )  # fmt: skip
+        monitor = StepMonitor(state, runtime, epoch)
+        for x, y in monitor.steps(batches):  # the steps of an epoch as fit takes them
+            lr = optimizer.param_groups[0]["lr"]
+            loss, logits = train_step(model, criterion, optimizer, (x, y), runtime)
+            scheduler.step()
+            monitor.stepped(lr, loss, logits, y)
+        result = monitor.result()
         ev = evaluate(model, test, runtime, tta=True)
     assert watch.seen == []
     assert result.loss > 0 and 0 <= ev["acc"] <= 1 and "tta_acc" in ev
