@@ -179,8 +179,8 @@ def test_lr_find_never_touches_a_training_run(earlier, data_dir, capsys):
 def test_lr_find_force_replaces_its_own_files_only_on_success(data_dir, tmp_path, capsys):
     out = tmp_path / "lr"
     argv = ["lr-find", "--data-dir", str(data_dir), "--cache-dir", str(data_dir / "cache"),
-            "--out", str(out), "--width", "0.25", "--batch-size", "100",
-            "--finder-num-iter", "12", "--seeds", "1", "--quiet"]  # fmt: skip
+            "--out", str(out), "--width", "0.25", "--batch-size", "25",
+            "--finder-num-iter", "10", "--seeds", "1", "--quiet"]  # fmt: skip
     assert run_cli(argv, capsys)[0] == 0
     (out / "notes.txt").write_text("mine")
     before = _checksums(out)
