@@ -4,7 +4,9 @@ import json
 import pytest
 import torch
 
+from cifar_resnet.config import TrainConfig
 from cifar_resnet.errors import CheckpointError
+from cifar_resnet.records.records import RunSettings
 from cifar_resnet.records.run_folder import RunFolder
 
 
@@ -74,3 +76,15 @@ def test_an_unused_run_folder_is_removed_but_an_earlier_folder_is_kept(tmp_path)
     used.write_json("config.json", {})
     used.abandon()
     assert (tmp_path / "used" / "config.json").exists()
+
+
+def test_run_settings_are_config_json_flat_and_read_back():
+    config = TrainConfig(width=0.5).to_dict()
+    settings = RunSettings(config, "found", False)
+    assert list(settings.to_dict()) == [*config, "lr_source", "report"]
+    assert RunSettings.from_dict(settings.to_dict()) == settings and not settings.reports
+    unrecorded = RunSettings(config)  # a RunFolder given to fit by hand records no choice
+    assert list(unrecorded.to_dict()) == [*config, "lr_source"] and unrecorded.reports
+    assert RunSettings.written_by_a_run(settings.to_dict())
+    assert not RunSettings.written_by_a_run({"width": 0.5, "report": True})
+    assert RunSettings.from_dict({"width": 0.5, "report": True}).config == {"width": 0.5}

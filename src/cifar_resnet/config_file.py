@@ -2,10 +2,10 @@
 
 A file holds ``TrainConfig`` fields by name (``max_lr``, not ``--max-lr``), flat, in TOML,
 YAML or JSON, chosen by the file's suffix. A run folder's own ``config.json`` is such a
-file: its record-only keys (``lr_source``, ``report``) are skipped, so a run repeats from
-its folder. Precedence: the defaults, then the file, then the flags typed. Relative
-paths in a file are relative to the file's folder, so a file means the same data from
-anywhere.
+file: read as ``RunSettings``, its own keys (``lr_source``, ``report``) are skipped, so
+a run repeats from its folder. Precedence: the defaults, then the file, then the flags
+typed. Relative paths in a file are relative to the file's folder, so a file means the
+same data from anywhere.
 
 Reading uses ``tomllib`` (``tomli`` before Python 3.11), PyYAML and ``json``. Writing TOML
 is done here, in a dozen lines, because the standard library reads TOML but does not write
@@ -23,6 +23,7 @@ from typing import Any
 
 from .config import TrainConfig, as_saved_run, check_field, field_types
 from .errors import ConfigError
+from .records.records import RunSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,7 +31,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 FORMATS = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
-RECORD_ONLY = ("lr_source", "report")  # written into a run's config.json, not settings
 PATH_FIELDS = ("data_dir", "cache_dir")
 
 
@@ -74,14 +74,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a table of settings, got {type(values).__name__}")
-    if "lr_source" in values:  # a run folder's config.json: repeat what that run trained
+    if RunSettings.written_by_a_run(values):  # a run's config.json: repeat what it trained
         values = as_saved_run(values)
+    values = RunSettings.from_dict(values).config  # lr_source and report are no settings
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     types = field_types()
     out: dict[str, Any] = {}
     for key, value in values.items():
-        if key in RECORD_ONLY:
-            continue
         if key not in fields:
             raise ConfigError(
                 f"{path}: unknown key {key!r} (keys are TrainConfig fields, e.g. max_lr)"

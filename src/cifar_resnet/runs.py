@@ -46,7 +46,7 @@ from .records.layout import (
     TB_DIR,
     checkpoint_file,
 )
-from .records.records import TrainState
+from .records.records import RunSettings, TrainState
 from .records.replace import settle_replaced
 from .records.run_folder import RunFolder, RunRecord
 
@@ -109,9 +109,8 @@ def resume_run(
     _check_continues(record, target, config)
     state = record.state
     where = f"step {state.epoch_state['step']} of " if state.epoch_state else ""
-    saved = bool(record.config_json().get("report", True))
     return Plan(
-        target, config, state, _choice(report, saved), force, in_place,
+        target, config, state, _choice(report, record.settings().reports), force, in_place,
         f"resuming {target} at {where}epoch {state.epoch + 1} of {config.epochs}",
     )  # fmt: skip
 
@@ -136,14 +135,14 @@ def _unstarted(folder: Path, out: str | Path | None, overrides: dict[str, Any]) 
             f"{folder} stopped before its first checkpoint, so there is nothing to continue "
             "elsewhere; drop --out to start it again in place"
         )
-    recorded = files.read_json(saved)
     values = read_config_file(saved)
-    if recorded.get("lr_source") == "found":  # found by the range test: found again
+    recorded = RunSettings.from_dict(files.read_json(saved))
+    if recorded.lr_source == "found":  # found by the range test: found again
         values.pop("max_lr", None)
         values.pop("min_lr", None)
     shutil.rmtree(folder / TB_DIR, ignore_errors=True)
     return Plan(
-        folder, TrainConfig(**{**values, **overrides}), None, bool(recorded.get("report", True)),
+        folder, TrainConfig(**{**values, **overrides}), None, recorded.reports,
         in_place=True, message=f"resuming {folder} from the start: it stopped before its first "
         "checkpoint",
     )  # fmt: skip
@@ -200,10 +199,10 @@ def train_run(
     from .plots import plot_lr_finder
     from .training.fit import fit
 
-    run = RunFolder(plan.out, force=plan.force, resume=plan.in_place) if writer else None
+    run = None
+    if writer:  # the report choice goes into config.json, so --resume remembers it
+        run = RunFolder(plan.out, force=plan.force, resume=plan.in_place, report=plan.report)
     try:
-        if run is not None:
-            run.extra["report"] = plan.report  # in config.json, so --resume remembers it
         try:
             history = fit(plan.config, run=run, progress=progress, resume=plan.state)
         except TrainingInterrupted:

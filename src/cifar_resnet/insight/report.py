@@ -127,7 +127,7 @@ def load_run(
     )  # fmt: skip
     return RunResults(
         path=path,
-        config=record.config_json(),
+        config=record.settings().to_dict(),
         final=record.final(),
         metrics=record.metrics(),
         step_lrs=[float(v) for v in record.state.step_lrs],

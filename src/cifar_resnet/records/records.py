@@ -6,6 +6,7 @@
 - ``EpochMetrics``: one line of ``metrics.jsonl``.
 - ``RunSummary``: ``final.json``.
 - ``LRFinderResult``: ``lr_finder.json``, the range test's curve and choice.
+- ``RunSettings``: ``config.json``, the resolved config with how the LRs were chosen.
 
 The files stay plain (a dict for ``torch.save``, JSON); these classes are the only
 places their keys are spelled.
@@ -14,13 +15,15 @@ places their keys are spelled.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import PROG, CheckpointError, ConfigError
 from .layout import CHECKPOINT
+
+if TYPE_CHECKING:  # tensors only in annotations: reading config.json needs no torch
+    import torch
 
 CHECKPOINT_FORMAT = "cifar-resnet/2"
 # cifar-resnet/1: no ``ema``; train_seconds, lr_source, epoch_state, rng_ranks,
@@ -180,6 +183,48 @@ def time_to_accuracy(
             if acc is not None and acc >= t and out[str(t)] is None:
                 out[str(t)] = seconds
     return out
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A run's config.json: its resolved settings, how its LRs were chosen, whether it reports.
+
+    Flat in the file: the config's keys, then ``lr_source``, then ``report`` when the run
+    recorded that choice (``runs.train_run`` does; a ``RunFolder`` given to ``fit`` by
+    hand does not, and such a run reports).
+    """
+
+    config: dict[str, Any]  # the resolved TrainConfig, as TrainConfig.to_dict()
+    lr_source: str = "given"  # "found" by the range test or "given"
+    report: bool | None = None  # build report.html after training; None: not recorded
+
+    OWN_KEYS: ClassVar[tuple[str, ...]] = ("lr_source", "report")  # beside the config's
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's JSON object."""
+        out = {**self.config, "lr_source": self.lr_source}
+        if self.report is not None:
+            out["report"] = self.report
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunSettings:
+        """Inverse of ``to_dict``; any file of settings reads as one, without its own keys."""
+        config = {k: v for k, v in values.items() if k not in cls.OWN_KEYS}
+        report = values.get("report")
+        return cls(
+            config, values.get("lr_source") or "given", None if report is None else bool(report)
+        )
+
+    @staticmethod
+    def written_by_a_run(values: Mapping[str, Any]) -> bool:
+        """Whether settings read from a file are a run's config.json (it names its lr_source)."""
+        return "lr_source" in values
+
+    @property
+    def reports(self) -> bool:
+        """Whether the run builds its report after training (yes, unless it recorded no)."""
+        return self.report is not False
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from .layout import (
     TB_DIR,
     checkpoint_file,
 )
-from .records import TrainState
+from .records import RunSettings, TrainState
 
 
 class RunFolder:
@@ -52,7 +52,8 @@ class RunFolder:
     back if the new run fails before its first checkpoint; once that checkpoint is
     written they are deleted: an earlier run is never lost for a run that never was.
     ``owns`` limits which files this writer may create or replace (``lr-find`` owns only
-    its two files and leaves a training run's alone).
+    its two files and leaves a training run's alone). ``report``: the run's choice to build
+    its report after training, recorded in config.json (``RunSettings``) for ``--resume``.
     """
 
     def __init__(
@@ -62,10 +63,11 @@ class RunFolder:
         force: bool = False,
         resume: bool = False,
         owns: tuple[str, ...] = RUN_FILES,
+        report: bool | None = None,
     ) -> None:
         self.path = Path(path)
         self.owns = owns
-        self.extra: dict[str, Any] = {}  # the caller's own settings, recorded in config.json
+        self.report = report
         self._aside: Path | None = None
         if self.path.exists() and not self.path.is_dir():
             raise CheckpointError(f"--out {self.path} is a file, not a folder; choose another path")
@@ -229,10 +231,12 @@ class RunRecord:
             return None
         return self.folder / name
 
-    def config_json(self) -> dict[str, Any]:
-        """config.json (the resolved config and lr_source), or the checkpoint's config."""
+    def settings(self) -> RunSettings:
+        """config.json, or what the checkpoint holds of it (its config and lr_source)."""
         path = self._file(CONFIG_JSON)
-        return read_json(path) if path else {**self.state.config, "lr_source": self.state.lr_source}
+        if path is None:
+            return RunSettings(self.state.config, self.state.lr_source)
+        return RunSettings.from_dict(read_json(path))
 
     def final(self) -> dict[str, Any]:
         """final.json; empty when the run did not finish."""

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..inference.evaluation import predict_logits
 from ..inference.metrics import confusion_matrix, select_misclassified
 from ..records.layout import CONFIG_JSON, FINAL, LR_FINDER_JSON
-from ..records.records import EpochMetrics, RunSummary, TrainState
+from ..records.records import EpochMetrics, RunSettings, RunSummary, TrainState
 from ..records.run_folder import RunFolder
 from ..runtime import Runtime
 from .epoch import Callbacks
@@ -72,8 +72,8 @@ class RunLog:
         """config.json, the range test's curve, and (resuming) the metrics up to the checkpoint."""
         if self.folder is None:
             return
-        settings = {**config.to_dict(), "lr_source": lrs.source, **self.folder.extra}
-        self.folder.write_json(CONFIG_JSON, settings)
+        settings = RunSettings(config.to_dict(), lrs.source, self.folder.report)
+        self.folder.write_json(CONFIG_JSON, settings.to_dict())
         if lrs.finder is not None:
             self.folder.write_json(LR_FINDER_JSON, lrs.finder.to_dict())
             if self.tb is not None and resume is None:
