@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .. import files
 from ..config import MODEL_OPTIONS, TrainConfig, as_saved_run
 from ..errors import CheckpointError, CifarResnetError, ConfigError, oneline
 from ..model.custom_resnet import CustomResNet, load_weights
@@ -209,8 +210,9 @@ def export_folder(
         weights = _weights(model)
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
         config = folder_config(model, evaluation)
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / CARD).write_text(model_card(model, evaluation, data_source))
+        blob, card = files.json_bytes(config), model_card(model, evaluation, data_source).encode()
+        files.atomic_write(tmp / CONFIG, lambda f: f.write(blob))
+        files.atomic_write(tmp / CARD, lambda f: f.write(card))
         diff = _check(model, load_file(str(tmp / WEIGHTS)), config)
         if not diff <= TOLERANCE:
             raise CifarResnetError(f"the reloaded weights differ in the logits by {diff:.2e}")
