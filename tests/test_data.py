@@ -20,7 +20,7 @@ from PIL import Image
 from cifar_resnet.data import archive as data_archive
 from cifar_resnet.data import formats as data_formats
 from cifar_resnet.data import load as data
-from cifar_resnet.data.load import CLASSES, channel_stats, load_cifar10
+from cifar_resnet.data.load import CLASSES, channel_stats, check_same_classes, load_cifar10
 from cifar_resnet.errors import DataError
 
 TRAIN_PER_CLASS = 2
@@ -441,3 +441,12 @@ def test_real_cifar10_archive(tmp_path: Path) -> None:
     assert torch.equal(first.train_labels, second.train_labels)
     assert torch.equal(first.test_images, second.test_images)
     assert torch.equal(first.test_labels, second.test_labels)
+
+
+def test_data_of_other_classes_is_refused_naming_both():
+    check_same_classes(list(CLASSES), CLASSES)  # the same names in the same order
+    with pytest.raises(DataError) as info:
+        check_same_classes(CLASSES[::-1], CLASSES, "the run's")
+    message = str(info.value)
+    assert "differ from the run's" in message and "truck, ship" in message
+    assert "airplane, automobile" in message and "--data-dir" in message

@@ -43,8 +43,12 @@ STAGES = ("recipe", "data", "model", "optimisation", "schedule", "run")
 # The config fields that shape the network (``CustomResNet``'s keyword arguments).
 MODEL_OPTIONS = ("width", "norm", "dropout", "head_bias", "logit_scale", "pool_after_relu")
 
+# The fields that name folders on this machine: made absolute when given, left out of the
+# config an exported model ships, and free to change when a run resumes.
+PATH_FIELDS = ("data_dir", "cache_dir")
+
 # The fields a resumed run may change (where the data and the device are, not what is trained).
-RESUME_OVERRIDES = ("data_dir", "cache_dir", "device")
+RESUME_OVERRIDES = (*PATH_FIELDS, "device")
 
 # The weight decay of the spec recipe: Adam's coupled L2 penalty, as torch.optim.Adam applies
 # it (the spec names Adam; AdamW stays available as --optimizer adamw). Screened at widths

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, as_saved_run, check_field, field_types
+from .config import PATH_FIELDS, TrainConfig, as_saved_run, check_field, field_types
 from .errors import ConfigError
 from .records.records import RunSettings
 
@@ -31,7 +31,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 FORMATS = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
-PATH_FIELDS = ("data_dir", "cache_dir")
 
 
 def file_format(path: str | Path) -> str:

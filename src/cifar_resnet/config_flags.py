@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import RECIPES, STAGES, TrainConfig, field_types
+from .config import PATH_FIELDS, RECIPES, STAGES, TrainConfig, field_types
 
 # The config fields the range test reads (training-only ones such as --epochs are not flags).
 LR_FIND_FIELDS = (
@@ -102,7 +102,7 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     run's saved config finds its data from any folder)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    for key in ("data_dir", "cache_dir"):
+    for key in PATH_FIELDS:
         if values.get(key):
             values[key] = str(Path(values[key]).expanduser().absolute())
     return values

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,20 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = total / count
     var = (total_sq / count - mean * mean).clamp_min(0.0)
     return (mean / 255.0).to(torch.float32), (var.sqrt() / 255.0).to(torch.float32)
+
+
+def check_same_classes(
+    data_classes: Sequence[str], saved_classes: Sequence[str], whose: str = "the checkpoint's"
+) -> None:
+    """DataError unless a data set's classes are, in order, those a model was trained on.
+
+    ``whose`` names the saved classes in the message ("the checkpoint's", "the run's").
+    """
+    if tuple(data_classes) != tuple(saved_classes):
+        raise DataError(
+            f"the data's classes ({', '.join(data_classes)}) differ from {whose} "
+            f"({', '.join(saved_classes)}); pass --data-dir with the data it was trained on"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

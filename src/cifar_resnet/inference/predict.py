@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..data.load import Cifar10
+from ..data.load import Cifar10, check_same_classes
 from ..data.splits import limit_splits
 from ..errors import DataError, oneline
 from ..model.custom_resnet import CustomResNet, load_weights
@@ -181,11 +181,7 @@ def select_test_split(
     model: TrainedModel, data: Cifar10, limit_test: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The test split of ``data`` (its first ``limit_test`` images), checked against the model."""
-    if tuple(data.classes) != model.classes:
-        raise DataError(
-            f"the data set's classes ({', '.join(data.classes)}) differ from the checkpoint's "
-            f"({', '.join(model.classes)}); pass --data-dir with the data it was trained on"
-        )
+    check_same_classes(data.classes, model.classes)
     limited = limit_splits(data, None, limit_test)
     return limited.test_images, limited.test_labels
 

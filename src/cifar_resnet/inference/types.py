@@ -13,11 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import PATH_FIELDS, TrainConfig
 from ..runtime import Runtime
 
 SIDE = 32  # CIFAR-10 images are SIDE x SIDE pixels
-LOCAL_FIELDS = ("data_dir", "cache_dir")  # config fields that name this machine's paths
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,7 +35,7 @@ class TrainedModel:
 
     def shareable_config(self) -> dict[str, Any]:
         """The training config without local paths, for files meant to be shipped."""
-        return {k: v for k, v in self.config.to_dict().items() if k not in LOCAL_FIELDS}
+        return {k: v for k, v in self.config.to_dict().items() if k not in PATH_FIELDS}
 
 
 @dataclass(frozen=True, eq=False)

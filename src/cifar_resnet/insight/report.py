@@ -23,10 +23,11 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..config import TrainConfig
 from ..data.augment import normalize
-from ..data.load import Cifar10, load_cifar10
+from ..data.load import Cifar10, check_same_classes, load_cifar10
 from ..data.splits import limit_splits
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError
 from ..inference.evaluation import predict_logits
 from ..inference.metrics import (
     Misclassified,
@@ -47,7 +48,7 @@ from ..plots import (
     plot_training_curves,
 )
 from ..records.layout import FINAL, LR_FINDER_JSON
-from ..records.records import LRFinderResult
+from ..records.records import LRFinderResult, RunSettings
 from ..records.run_folder import RunRecord
 from .analysis import DataSummary, data_figures, summarize_data
 from .gradcam import DEFAULT_LAYER, grad_cam
@@ -71,7 +72,8 @@ class RunResults:
     """A run folder's records together with its model's predictions on the test split."""
 
     path: Path
-    config: dict[str, Any]  # config.json (the resolved TrainConfig, plus lr_source)
+    config: TrainConfig  # the run's resolved training config (its checkpoint's)
+    settings: RunSettings  # config.json: that config as saved, with lr_source
     final: dict[str, Any]  # final.json; empty when the run did not finish
     metrics: list[dict[str, Any]]  # one dict per epoch
     step_lrs: list[float]  # the LR of every optimizer step
@@ -113,11 +115,7 @@ def load_run(
         source = data_dir if data_dir is not None else config.data_dir
         cache = cache_dir if cache_dir is not None else config.cache_dir
         data = load_cifar10(source, cache, progress=progress)
-    if tuple(data.classes) != classes:
-        raise DataError(
-            f"the data's classes ({', '.join(data.classes)}) differ from the run's "
-            f"({', '.join(classes)}); pass --data-dir pointing at the data the run used"
-        )
+    check_same_classes(data.classes, classes, "the run's")
     data = limit_splits(data, config.limit_train, config.limit_test)
     trained = load_model(record.state, device=device)
     summary = str(model_summary(trained.model))
@@ -127,7 +125,8 @@ def load_run(
     )  # fmt: skip
     return RunResults(
         path=path,
-        config=record.settings().to_dict(),
+        config=config,
+        settings=record.settings(),
         final=record.final(),
         metrics=record.metrics(),
         step_lrs=[float(v) for v in record.state.step_lrs],
@@ -196,7 +195,7 @@ def build_report(
         "data": _data_section,
         "epochs": lambda p: _epoch_table(p.r.metrics),
         "model": lambda p: f"<pre>{_e(p.r.summary)}</pre>",
-        "config": lambda p: _kv_table(p.r.config),
+        "config": lambda p: _kv_table(p.r.settings.to_dict()),
     }
     parts = [_head(r), _nav()]
     for key, build in tqdm(sections.items(), desc="report", unit="section", disable=not progress):
@@ -263,10 +262,10 @@ def _data_section(p: _Page) -> str:
     figs = data_figures(
         r.data,
         summary,
-        padding=int(r.config.get("crop_padding", 4)),
-        cutout=int(r.config.get("cutout_size", 8)),
-        flip_prob=float(r.config.get("flip_prob", 0.5)),
-        pad_mode=str(r.config.get("crop_pad_mode", "zeros")),
+        padding=r.config.crop_padding,
+        cutout=r.config.cutout_size,
+        flip_prob=r.config.flip_prob,
+        pad_mode=r.config.crop_pad_mode,
     )
     return (
         _data_table(summary)
@@ -408,7 +407,7 @@ def _kpi_boxes(r: RunResults, accuracy: float, n_wrong: int) -> str:
             f"test loss {f['test_loss']:.4f}" if "test_loss" in f else "",
         ),
         ("misclassified", f"{n_wrong:,}", f"of {n_test:,}"),
-        ("epochs", str(len(r.metrics)), f"of {r.config.get('epochs', '?')} planned"),
+        ("epochs", str(len(r.metrics)), f"of {r.config.epochs} planned"),
     ]
     if "train_seconds" in f:
         kpis.append(

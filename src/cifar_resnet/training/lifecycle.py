@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..data.load import Cifar10
+from ..data.load import Cifar10, check_same_classes
 from ..data.splits import Split
 from ..errors import CheckpointError
 from ..records.records import TrainState
@@ -109,11 +109,9 @@ def stop_on_signals(enabled: bool) -> Iterator[list[int]]:
 
 
 def check_resumable(state: TrainState, data: Cifar10, train: Split) -> None:
-    """The data must be the data the checkpoint was trained on (CheckpointError otherwise)."""
-    if list(state.classes) != list(data.classes):
-        raise CheckpointError(
-            "the data's classes differ from the checkpoint's; pass the --data-dir it was trained on"
-        )
+    """The data must be the data the checkpoint was trained on (DataError for other classes,
+    CheckpointError for other images)."""
+    check_same_classes(data.classes, state.classes)
     order = None if state.epoch_state is None else state.epoch_state["order"]
     if not torch.allclose(state.mean, train.mean.cpu()) or (
         order is not None and len(order) != len(train)
