@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         "phases": phases,
         "augmentation_share_of_step": phases["augmentation"]["seconds"] / step_seconds,
         "eval_seconds": phases["eval"]["seconds"],
-        "test_acc_after_two_epochs": ev["acc"],
+        "test_acc_after_two_epochs": ev.acc,
         "top_operators": operators,
     }
     out = write_result(result, f"profile-w{args.width:g}", args.results_dir)

@@ -269,7 +269,7 @@ def test_a_training_epoch_and_evaluation_create_no_float64_tensor_where_mps_forb
         result = monitor.result()
         ev = evaluate(model, test, runtime, tta=True)
     assert watch.seen == []
-    assert result.loss > 0 and 0 <= ev["acc"] <= 1 and "tta_acc" in ev
+    assert result.loss > 0 and 0 <= ev.acc <= 1 and ev.tta_acc is not None
 
 
 def test_mps_trains_in_fp32_without_float64_or_channels_last(monkeypatch):

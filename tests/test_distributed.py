@@ -117,8 +117,8 @@ def test_two_gloo_processes_train_identical_weights_and_report_the_true_accuracy
     model = build_model(CONFIG)
     model.load_state_dict(r0["model"])
     single = evaluate(model, test, runtime, batch_size=CONFIG.eval_batch_size)
-    assert r0["final"]["test_acc"] == single["acc"]
-    assert r0["final"]["test_loss"] == pytest.approx(single["loss"], rel=1e-6)
+    assert r0["final"]["test_acc"] == single.acc
+    assert r0["final"]["test_loss"] == pytest.approx(single.loss, rel=1e-6)
 
 
 def test_torchrun_two_processes_write_one_run(small, tmp_path):

@@ -125,9 +125,10 @@ def test_evaluate_uses_plain_normalised_test_images_in_eval_mode(synthetic):
         logits = model(normalize(test.images, test.mean, test.std))
     expected_acc = (logits.argmax(1) == test.labels).float().mean().item()
     expected_loss = nn.functional.cross_entropy(logits, test.labels).item()
-    assert result["acc"] == pytest.approx(expected_acc)
-    assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
-    assert result["n"] == len(synthetic.test_labels)
+    assert result.acc == pytest.approx(expected_acc)
+    assert result.loss == pytest.approx(expected_loss, rel=1e-5)
+    assert result.n == len(synthetic.test_labels)
+    assert result.tta_acc is None and result.tta_loss is None  # TTA not asked for
 
 
 def test_limits_take_the_first_images_and_stats_come_from_the_train_split(synthetic):
@@ -474,7 +475,7 @@ def test_an_ema_run_evaluates_and_saves_the_averaged_weights(synthetic, tmp_path
     runtime = resolve_runtime("cpu", history.config.precision)
     _, test = prepare_splits(synthetic, config, runtime)
     ev = evaluate(saved.to(memory_format=torch.channels_last), test, runtime, batch_size=1024)
-    assert ev["acc"] == history.final["test_acc"]
+    assert ev.acc == history.final["test_acc"]
 
 
 def test_tta_accuracy_is_the_mean_softmax_of_each_image_and_its_mirror(synthetic):
@@ -489,10 +490,10 @@ def test_tta_accuracy_is_the_mean_softmax_of_each_image_and_its_mirror(synthetic
     x = normalize(test.images, test.mean, test.std)
     with torch.no_grad():
         probs = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2
-    assert result["tta_acc"] == (probs.argmax(1) == test.labels).float().mean().item()
+    assert result.tta_acc == (probs.argmax(1) == test.labels).float().mean().item()
     expected_loss = nn.functional.nll_loss(probs.log(), test.labels).item()
-    assert result["tta_loss"] == pytest.approx(expected_loss, rel=1e-5)
-    assert result["acc"] == evaluate(model, test, runtime, batch_size=64)["acc"]
+    assert result.tta_loss == pytest.approx(expected_loss, rel=1e-5)
+    assert result.acc == evaluate(model, test, runtime, batch_size=64).acc
 
 
 def test_a_page_recipe_run_records_its_recipe_and_tta_accuracy(synthetic, tmp_path):

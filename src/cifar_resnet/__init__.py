@@ -33,6 +33,7 @@ _PUBLIC = {
     "train_step": "training.fit",
     "find_lr": "training.fit",
     "evaluate": "inference.evaluation",
+    "SplitScores": "inference.evaluation",
     "predict_logits": "inference.evaluation",
     "select_misclassified": "inference.metrics",
     "Evaluation": "inference.types",

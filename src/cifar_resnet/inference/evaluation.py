@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,6 +24,17 @@ from ..data.augment import normalize
 from ..data.splits import Split
 from ..distributed import SINGLE_PROCESS, Dist
 from ..runtime import Runtime
+
+
+@dataclass(frozen=True)
+class SplitScores:
+    """What ``evaluate`` measures over a split: mean loss and accuracy, plain and with TTA."""
+
+    loss: float  # mean cross-entropy in nats
+    acc: float  # fraction of the split predicted right, in [0, 1]
+    n: int  # images evaluated
+    tta_loss: float | None = None  # the same with flip TTA; None when not measured
+    tta_acc: float | None = None
 
 
 @contextlib.contextmanager
@@ -117,7 +128,7 @@ def evaluate(
     batch_size: int = 1024,
     dist: Dist = SINGLE_PROCESS,
     tta: bool = False,
-) -> dict[str, Any]:
+) -> SplitScores:
     """Loss and accuracy over a whole split, un-augmented, in eval mode (training flag restored).
 
     With ``tta``, also ``tta_loss`` and ``tta_acc`` (see the module docstring). With
@@ -138,7 +149,6 @@ def evaluate(
                 log_probs = tta_log_probs(logits, flipped)
                 sums[2:] += scores(log_probs, log_probs.argmax(1), y, sums.dtype)
     loss, correct, tta_loss, tta_correct = dist.all_sum(sums).tolist()
-    out = {"loss": loss / n, "acc": int(correct) / n, "n": n}
-    if tta:
-        out.update(tta_loss=tta_loss / n, tta_acc=int(tta_correct) / n)
-    return out
+    if not tta:
+        return SplitScores(loss / n, int(correct) / n, n)
+    return SplitScores(loss / n, int(correct) / n, n, tta_loss / n, int(tta_correct) / n)

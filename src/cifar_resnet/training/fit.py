@@ -331,8 +331,8 @@ def _evaluate_epoch(t: Training, epoch: int, result: EpochResult) -> EpochMetric
     )  # fmt: skip
     return EpochMetrics(
         epoch=epoch, lr=result.lrs[-1], train_loss=result.loss, train_acc=result.acc,
-        test_loss=ev["loss"], test_acc=ev["acc"], seconds=result.seconds,
-        test_loss_tta=ev.get("tta_loss"), test_acc_tta=ev.get("tta_acc"),
+        test_loss=ev.loss, test_acc=ev.acc, seconds=result.seconds,
+        test_loss_tta=ev.tta_loss, test_acc_tta=ev.tta_acc,
     )  # fmt: skip
 
 
