@@ -27,8 +27,8 @@ from results_file import RESULTS, write_result
 from cifar_resnet.config import FINDER_RULES, TrainConfig
 from cifar_resnet.data.load import load_cifar10
 from cifar_resnet.runtime import resolve_runtime
-from cifar_resnet.training.fit import lr_range_test
 from cifar_resnet.training.lr_finder import choose_lrs, smooth_curve
+from cifar_resnet.training.range_test import lr_range_test
 
 
 def _ema(losses: list[float], factor: float = 0.2) -> list[float]:

@@ -29,7 +29,7 @@ _PUBLIC = {
     "Callbacks": "training.epoch",
     "History": "training.fit",
     "fit": "training.fit",
-    "lr_range_test": "training.fit",
+    "lr_range_test": "training.range_test",
     "train_step": "training.fit",
     "find_lr": "training.fit",
     "evaluate": "inference.evaluation",
@@ -53,7 +53,7 @@ _PUBLIC = {
     "new_run": "runs",
     "resume_run": "runs",
     "train_run": "runs",
-    "write_report": "runs",
+    "write_report": "insight.report",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -113,9 +113,9 @@ def _trained(out: Path) -> Callable[[Any], None]:
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
-    from . import runs
+    from .training.range_test import lr_find
 
-    result = runs.lr_find(config_from_args(args), args.out, seeds=args.seeds, force=args.force,
+    result = lr_find(config_from_args(args), args.out, seeds=args.seeds, force=args.force,
                           progress=not args.quiet)  # fmt: skip
     stop = "diverged" if result.diverged else "ran all steps"
     print(
@@ -200,10 +200,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from . import runs
-    from .insight.analysis import format_summary
+    from .insight.analysis import analyse_data, format_summary
 
-    summary, figures = runs.analyse_data(
+    summary, figures = analyse_data(
         args.data_dir, args.cache_dir, args.out, per_class=args.per_class, seed=args.seed,
         force=args.force, progress=not args.quiet,
     )  # fmt: skip
@@ -213,14 +212,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from . import runs
     from .insight.gradcam import GRADCAM_LAYERS
+    from .insight.report import write_report
 
     if args.gradcam_layer is not None and args.gradcam_layer not in GRADCAM_LAYERS:
         raise ConfigError(f"--gradcam-layer must be one of {', '.join(GRADCAM_LAYERS)}, "
                           f"got {args.gradcam_layer!r}")  # fmt: skip
-    path = runs.write_report(args.run, args.data_dir, args.cache_dir, args.device,
-                             args.gradcam_layer, progress=not args.quiet)  # fmt: skip
+    path = write_report(args.run, args.data_dir, args.cache_dir, args.device,
+                        args.gradcam_layer, progress=not args.quiet)  # fmt: skip
     print(f"report in {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -1,4 +1,4 @@
-"""Runs as a user starts them: train into a folder and report on it, resume one, find LRs.
+"""Runs as a user starts them: train into a folder and report on it, or resume one.
 
 The rules that the command line, the Python API and the notebook share:
 
@@ -6,11 +6,13 @@ The rules that the command line, the Python API and the notebook share:
   holds a run, unless ``force``), or an interrupted run continued with its own settings
   (only where the data and the device are may change; a run stopped before its first
   checkpoint starts again from its settings).
-- ``train`` runs it: ``fit`` into the folder, then the report, under the folder's lock;
+- ``train_run`` runs it: ``fit`` into the folder, then the report, under the folder's lock;
   a failure after the last checkpoint still says what is saved and how to go on.
 - ``run_data``: a saved model is measured on its own run's data unless another is given.
 
-Nothing here prints: callers show ``Plan.message`` and what ``train`` returns.
+Nothing here prints: callers show ``Plan.message`` and what ``train_run`` returns.
+The other writers live beside their stages: ``insight.report.write_report``,
+``insight.analysis.analyse_data``, ``training.range_test.lr_find``.
 """
 
 from __future__ import annotations
@@ -38,11 +40,7 @@ from .records.checkpoint import resumed_config
 from .records.layout import (
     CHECKPOINT,
     CONFIG_JSON,
-    LR_FIND_FILES,
-    LR_FINDER_JSON,
     LR_FINDER_PNG,
-    REPORT,
-    RUN_FILES,
     TB_DIR,
     checkpoint_file,
 )
@@ -230,6 +228,8 @@ def train_run(
 
 def _report_after_training(out: Path, config: TrainConfig, progress: bool) -> Path:
     """report.html of a run just trained (its folder's lock is held)."""
+    from .insight.report import write_report
+
     how = f"build it with: {PROG} report {out}"
     try:
         return write_report(
@@ -289,100 +289,3 @@ def run_data(
         cache_dir if cache_dir is not None else config.cache_dir,
         progress=progress,
     )
-
-
-def write_report(
-    run_dir: str | Path,
-    data_dir: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    device: str = "auto",
-    layer: str | None = None,
-    *,
-    progress: bool = False,
-    lock: bool = True,
-) -> Path:
-    """Build report.html for a run folder and write it there; its path.
-
-    ``lock``: hold the folder's lock while writing (a training process holds it already).
-    """
-    from .insight.gradcam import DEFAULT_LAYER
-    from .insight.report import build_report, load_run
-    from .records.folder_lock import FolderLock
-
-    run_dir = Path(run_dir)
-    path = run_dir / REPORT
-    held = FolderLock(run_dir) if lock and run_dir.is_dir() else None
-    try:
-        results = load_run(
-            run_dir, data_dir=data_dir, cache_dir=cache_dir, device=device, progress=progress
-        )
-        page = build_report(results, gradcam_layer=layer or DEFAULT_LAYER, progress=progress)
-        rebuild = f"build it with: {PROG} report {run_dir}"
-        files.atomic_write(path, lambda f: f.write(page.encode()), then=rebuild if lock else "")
-    finally:
-        if held is not None:
-            held.release()
-    return path
-
-
-def lr_find(config: TrainConfig, out: str | Path, *, seeds: int = 3, force: bool = False,
-            progress: bool = True):  # fmt: skip
-    """The range test of ``config`` over ``seeds`` seeds, written to ``out`` (lr_finder.json
-    and lr_finder.png, replaced only once the test has run); its result."""
-    from .plots import plot_lr_finder
-    from .training.fit import lr_range_test_seeds
-
-    held = [n for n in RUN_FILES if n not in LR_FIND_FILES and (Path(out) / n).exists()]
-    if held:
-        raise CheckpointError(
-            f"--out {out} holds a training run ({held[0]}); lr-find writes only "
-            f"{LR_FINDER_JSON} and {LR_FINDER_PNG} into a folder of its own: choose another --out"
-        )
-    run = RunFolder(out, force=force, owns=LR_FIND_FILES)
-    try:
-        result = lr_range_test_seeds(config, seeds=seeds, progress=progress)
-        run.write_json(LR_FINDER_JSON, result.to_dict())
-        save_figure(run, LR_FINDER_PNG, plot_lr_finder(result))
-    except BaseException:
-        run.abandon()
-        raise
-    run.close()
-    return result
-
-
-def analyse_data(
-    data_dir: str | Path | None,
-    cache_dir: str | Path | None,
-    out: str | Path,
-    *,
-    per_class: int = 4,
-    seed: int = 0,
-    force: bool = False,
-    progress: bool = False,
-):
-    """Class counts, channel statistics and image grids of a data set, written to ``out``
-    (data.json and one PNG per figure); the summary and the figures' names."""
-    from .data import load_cifar10
-    from .insight.analysis import data_figures, summarize_data
-    from .plots import figure_png
-
-    out = Path(out)
-    if (out / "data.json").exists() and not force:
-        raise CifarResnetError(
-            f"--out {out} already holds a data analysis (data.json); "
-            "choose a new folder or pass --force to overwrite it"
-        )
-    data = load_cifar10(data_dir, cache_dir, progress=progress)
-    summary = summarize_data(data)
-    figures = data_figures(data, summary, per_class=per_class, seed=seed)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CifarResnetError(f"cannot create --out {out} ({e.strerror or e})") from None
-    again = "run the same command again"
-    blob = files.json_bytes(summary.to_dict())
-    files.atomic_write(out / "data.json", lambda f: f.write(blob), then=again)
-    for name, fig in figures.items():
-        png = figure_png(fig)
-        files.atomic_write(out / f"{name}.png", lambda f, png=png: f.write(png), then=again)
-    return summary, list(figures)

@@ -8,13 +8,16 @@ turned back into displayable pixels with the same mean and std.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from matplotlib.figure import Figure
 
+from .. import files
 from ..data.augment import augment, normalize
-from ..data.load import Cifar10, channel_stats
+from ..data.load import Cifar10, channel_stats, load_cifar10
+from ..errors import CifarResnetError
 
 
 @dataclass(frozen=True)
@@ -167,3 +170,39 @@ def format_summary(summary: DataSummary) -> str:
         )
     lines.append(f"data: {summary.source}")
     return "\n".join(lines)
+
+
+def analyse_data(
+    data_dir: str | Path | None,
+    cache_dir: str | Path | None,
+    out: str | Path,
+    *,
+    per_class: int = 4,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = False,
+):
+    """Class counts, channel statistics and image grids of a data set, written to ``out``
+    (data.json and one PNG per figure); the summary and the figures' names."""
+    from ..plots import figure_png  # matplotlib's PNG writer: only when writing
+
+    out = Path(out)
+    if (out / "data.json").exists() and not force:
+        raise CifarResnetError(
+            f"--out {out} already holds a data analysis (data.json); "
+            "choose a new folder or pass --force to overwrite it"
+        )
+    data = load_cifar10(data_dir, cache_dir, progress=progress)
+    summary = summarize_data(data)
+    figures = data_figures(data, summary, per_class=per_class, seed=seed)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CifarResnetError(f"cannot create --out {out} ({e.strerror or e})") from None
+    again = "run the same command again"
+    blob = files.json_bytes(summary.to_dict())
+    files.atomic_write(out / "data.json", lambda f: f.write(blob), then=again)
+    for name, fig in figures.items():
+        png = figure_png(fig)
+        files.atomic_write(out / f"{name}.png", lambda f, png=png: f.write(png), then=again)
+    return summary, list(figures)

@@ -5,7 +5,7 @@ lr_finder.json, checkpoints/last.pt) and re-runs the checkpoint's model on the
 test split (eval mode, normalised with the checkpoint's mean/std, never
 augmented); ``build_report`` builds the page from that and returns it as one string.
 Every figure is a PNG embedded as a data URI and the styling is inline, so the page
-needs no network and no JavaScript. Nothing here writes files: ``runs.write_report``
+needs no network and no JavaScript. Nothing but ``write_report`` writes files: it
 writes the page to the run folder's report.html.
 """
 
@@ -23,11 +23,12 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import files
 from ..config import TrainConfig
 from ..data.augment import normalize
 from ..data.load import Cifar10, check_same_classes, load_cifar10
 from ..data.splits import limit_splits
-from ..errors import CheckpointError, ConfigError
+from ..errors import PROG, CheckpointError, ConfigError
 from ..inference.evaluation import predict_logits
 from ..inference.metrics import (
     Misclassified,
@@ -47,7 +48,8 @@ from ..plots import (
     plot_per_class_accuracy,
     plot_training_curves,
 )
-from ..records.layout import FINAL, LR_FINDER_JSON
+from ..records.folder_lock import FolderLock
+from ..records.layout import FINAL, LR_FINDER_JSON, REPORT
 from ..records.records import LRFinderResult, RunSettings
 from ..records.run_folder import RunRecord
 from .analysis import DataSummary, data_figures, summarize_data
@@ -464,3 +466,33 @@ def _epoch_table(metrics: Sequence[Mapping[str, Any]]) -> str:
         for m in metrics
     )
     return f"<table>{head}{rows}</table>"
+
+
+def write_report(
+    run_dir: str | Path,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "auto",
+    layer: str | None = None,
+    *,
+    progress: bool = False,
+    lock: bool = True,
+) -> Path:
+    """Build report.html for a run folder and write it there; its path.
+
+    ``lock``: hold the folder's lock while writing (a training process holds it already).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / REPORT
+    held = FolderLock(run_dir) if lock and run_dir.is_dir() else None
+    try:
+        results = load_run(
+            run_dir, data_dir=data_dir, cache_dir=cache_dir, device=device, progress=progress
+        )
+        page = build_report(results, gradcam_layer=layer or DEFAULT_LAYER, progress=progress)
+        rebuild = f"build it with: {PROG} report {run_dir}"
+        files.atomic_write(path, lambda f: f.write(page.encode()), then=rebuild if lock else "")
+    finally:
+        if held is not None:
+            held.release()
+    return path

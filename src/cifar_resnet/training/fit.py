@@ -32,7 +32,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..data.load import Cifar10, load_cifar10
+from ..data.load import Cifar10
 from ..data.splits import epoch_order, train_batches
 from ..distributed import Dist, per_rank_batch, process_group
 from ..errors import CheckpointError, ConfigError, TrainingInterrupted
@@ -56,7 +56,7 @@ from .lifecycle import (
     saved_device_type,
     stop_on_signals,
 )
-from .lr_finder import LRs, Sweep, curve_result, diverged, preserved_state, with_spread
+from .lr_finder import LRs, Sweep, curve_result, diverged, preserved_state
 from .profiling import no_lap
 from .run_log import RunLog, check_tensorboard, final_figures
 from .setup import (
@@ -437,33 +437,6 @@ def find_training_lr(s: Setup, config: TrainConfig, progress: bool = True) -> LR
         lambda: train_batches(s.train, config, s.runtime, s.generator), Sweep.of(config),
         runtime=s.runtime, generators=(s.generator,), progress=progress,
     )  # fmt: skip
-
-
-def lr_range_test(
-    config: TrainConfig, data: Cifar10 | None = None, *, progress: bool = True
-) -> LRFinderResult:
-    """The LR range test that ``fit`` would run for ``config``, on its own."""
-    return find_training_lr(setup_training(config, data, progress), config, progress)
-
-
-def lr_range_test_seeds(
-    config: TrainConfig, data: Cifar10 | None = None, seeds: int = 3, *, progress: bool = True
-) -> LRFinderResult:
-    """The range test of ``config`` with its spread: the test once for each of ``seeds`` seeds.
-
-    The result is the first seed's (``config.seed``: the choice ``fit`` makes), with
-    every seed's LRMAX and their spread (largest / smallest) in ``spread``.
-    """
-    if data is None:
-        data = load_cifar10(config.data_dir, config.cache_dir, progress=progress)
-    results = []
-    for i in range(seeds):
-        if progress and seeds > 1:
-            tqdm.write(f"LR range test, seed {config.seed + i} ({i + 1} of {seeds})")
-        results.append(lr_range_test(config.replace(seed=config.seed + i), data, progress=progress))
-    if seeds == 1:
-        return results[0]
-    return with_spread(results[0], [config.seed + i for i in range(seeds)], results[1:])
 
 
 def resolve_lrs(
