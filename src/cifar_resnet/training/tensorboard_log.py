@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..records.run_folder import TB_DIR
+from ..records.layout import TB_DIR
 
 INSTALL_HINT = "pip install 'cifar-resnet[tensorboard]'"
 
