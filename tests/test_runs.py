@@ -1,4 +1,5 @@
-"""Nothing a user types destroys a run: hostile flags, shared folders, full disks, kill -9.
+"""runs.py and the run folder it trains into, through the command line: nothing a user types
+destroys a run (hostile flags, shared folders, full disks, kill -9).
 
 Every refusal is exit 2 with one line on stderr, and every file of an earlier run is
 byte-identical afterwards (compared by SHA-256 before and after).

@@ -1,3 +1,6 @@
+"""training/fit.py: a run as fit trains it (the step, the schedule, the range test's effect, the
+records it writes) and the builders of training/setup.py."""
+
 import json
 
 import numpy as np

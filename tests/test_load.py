@@ -1,4 +1,5 @@
-"""Tests for cifar_resnet.data.load: every source yields the same tensors, the cache, and errors."""
+"""data/load.py (with download, archive, formats and cache): every source yields the same
+tensors, the cache, and errors."""
 
 from __future__ import annotations
 
