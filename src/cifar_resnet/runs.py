@@ -40,7 +40,6 @@ from .records.checkpoint import resumed_config
 from .records.layout import (
     CHECKPOINT,
     CONFIG_JSON,
-    LR_FINDER_PNG,
     TB_DIR,
     checkpoint_file,
 )
@@ -194,8 +193,8 @@ def train_run(
     failure after the last checkpoint says what is saved and the command that goes on;
     a report that cannot be built leaves the run saved and says how to build it.
     """
-    from .plots import plot_lr_finder
     from .training.fit import fit
+    from .training.range_test import write_lr_finder_png
 
     run = None
     if writer:  # the report choice goes into config.json, so --resume remembers it
@@ -215,7 +214,7 @@ def train_run(
         if run is None:
             return history
         if history.lr_finder is not None:
-            save_figure(run, LR_FINDER_PNG, plot_lr_finder(history.lr_finder))
+            write_lr_finder_png(run, history.lr_finder)
         if on_trained is not None:
             on_trained(history)
         if plan.report:
@@ -265,13 +264,6 @@ def what_is_saved(out: Path) -> str:
             f"{PROG} report {out}"
         )
     return f"the run is saved in {out} up to epoch {done}; continue: {PROG} train --resume {out}"
-
-
-def save_figure(run: RunFolder, name: str, fig: Any) -> None:
-    """A matplotlib figure as a PNG in the run folder."""
-    from .plots import figure_png
-
-    run.write_bytes(name, figure_png(fig, dpi=110))
 
 
 def run_data(

@@ -13,8 +13,9 @@ the current step, write a checkpoint holding the position inside the epoch, and 
 and, on the CPU with a seed, ends bit for bit where an unbroken run ends. A NaN or
 infinite loss stops the run with the step and LR named, keeping the last good checkpoint.
 
-The range test's drivers live here, beside the step they run: ``lr_finder`` holds the
-sweep's settings and the choice from its curve, and needs no model.
+``find_lr``, the range test's sweep of steps, lives here beside the step it takes;
+``lr_finder`` holds the sweep's settings and the choice from its curve and needs no model,
+and ``range_test`` runs the test on its own (over seeds, into lr-find's folder).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ..config import TrainConfig
 from ..data.load import Cifar10
 from ..data.splits import epoch_order, train_batches
 from ..distributed import Dist, per_rank_batch, process_group
-from ..errors import CheckpointError, ConfigError, TrainingInterrupted
+from ..errors import ConfigError, TrainingInterrupted
 from ..inference.evaluation import evaluate
 from ..model.custom_resnet import count_parameters
 from ..records.checkpoint import resumed_config
@@ -173,7 +174,7 @@ def fit(
         s = setup_training(config, data, callbacks.progress, dist)
         config = config.replace(precision=s.runtime.precision)  # record what "auto" chose
         if resume is not None:
-            _check_resumable(resume, s)
+            check_resumable(resume, s.data, s.train, s.epoch)
         lrs = resolve_lrs(config, s, resume, dist, callbacks.progress)
         config = config.replace(max_lr=lrs.max_lr, min_lr=lrs.min_lr)
         t = _training(s, config, dist, lrs)
@@ -256,16 +257,6 @@ def continued_here(config: TrainConfig, state: TrainState) -> TrainConfig:
         stacklevel=3,
     )
     return config.replace(precision=precision)
-
-
-def _check_resumable(state: TrainState, s: Setup) -> None:
-    """The data must be the checkpoint's, cut into epochs of the same length."""
-    check_resumable(state, s.data, s.train)
-    if state.steps_per_epoch is not None and state.steps_per_epoch != s.epoch.steps:
-        raise CheckpointError(
-            f"the checkpoint's epochs had {state.steps_per_epoch} steps, this data makes "
-            f"{s.epoch.steps}; pass the --data-dir it was trained on"
-        )
 
 
 def _training(s: Setup, config: TrainConfig, dist: Dist, lrs: LRs) -> Training:

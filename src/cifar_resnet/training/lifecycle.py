@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..data.load import Cifar10, check_same_classes
-from ..data.splits import Split
+from ..data.splits import EpochLength, Split
 from ..errors import CheckpointError
 from ..records.records import TrainState
 
@@ -108,9 +108,9 @@ def stop_on_signals(enabled: bool) -> Iterator[list[int]]:
         restore()
 
 
-def check_resumable(state: TrainState, data: Cifar10, train: Split) -> None:
+def check_resumable(state: TrainState, data: Cifar10, train: Split, epoch: EpochLength) -> None:
     """The data must be the data the checkpoint was trained on (DataError for other classes,
-    CheckpointError for other images)."""
+    CheckpointError for other images), cut into epochs of the same length."""
     check_same_classes(data.classes, state.classes)
     order = None if state.epoch_state is None else state.epoch_state["order"]
     if not torch.allclose(state.mean, train.mean.cpu()) or (
@@ -119,4 +119,9 @@ def check_resumable(state: TrainState, data: Cifar10, train: Split) -> None:
         raise CheckpointError(
             "the training images differ from the checkpoint's; "
             "pass the --data-dir it was trained on"
+        )
+    if state.steps_per_epoch is not None and state.steps_per_epoch != epoch.steps:
+        raise CheckpointError(
+            f"the checkpoint's epochs had {state.steps_per_epoch} steps, this data makes "
+            f"{epoch.steps}; pass the --data-dir it was trained on"
         )

@@ -53,8 +53,6 @@ def lr_find(config: TrainConfig, out: str | Path, *, seeds: int = 3, force: bool
             progress: bool = True):  # fmt: skip
     """The range test of ``config`` over ``seeds`` seeds, written to ``out`` (lr_finder.json
     and lr_finder.png, replaced only once the test has run); its result."""
-    from ..plots import figure_png, plot_lr_finder  # matplotlib: only when writing
-
     held = [n for n in RUN_FILES if n not in LR_FIND_FILES and (Path(out) / n).exists()]
     if held:
         raise CheckpointError(
@@ -65,9 +63,16 @@ def lr_find(config: TrainConfig, out: str | Path, *, seeds: int = 3, force: bool
     try:
         result = lr_range_test_seeds(config, seeds=seeds, progress=progress)
         run.write_json(LR_FINDER_JSON, result.to_dict())
-        run.write_bytes(LR_FINDER_PNG, figure_png(plot_lr_finder(result), dpi=110))
+        write_lr_finder_png(run, result)
     except BaseException:
         run.abandon()
         raise
     run.close()
     return result
+
+
+def write_lr_finder_png(run: RunFolder, result: LRFinderResult) -> None:
+    """The range test's curve as lr_finder.png in ``run`` (by ``lr-find`` and by ``train``)."""
+    from ..plots import figure_png, plot_lr_finder  # matplotlib: only when writing
+
+    run.write_bytes(LR_FINDER_PNG, figure_png(plot_lr_finder(result), dpi=110))
