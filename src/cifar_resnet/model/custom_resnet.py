@@ -29,6 +29,14 @@ DAWNBench ResNet-9), and which options close the gap:
 - Everything else (channels, residual layout, 3x3 convolutions without bias,
   the final MaxPool of 4) is the same network.
 
+The options of Page's later, 10-epoch training ("bag of tricks", ``--recipe page-fast``),
+each off by default: ``activation="celu"`` (CELU with ``celu_alpha`` in place of every
+ReLU), ``ghost_batch`` (BatchNorm statistics over groups of that many images while
+training), ``freeze_bn_scale`` (the norm layers' scales fixed at 1, their biases still
+trained) and ``whiten`` (the first layer becomes a fixed 3x3 patch-whitening convolution,
+3 -> 27 channels, followed by a trained 1x1 convolution; ``fit_whitening`` sets it from
+training images). Each is measured in the README's Results.
+
 The convolutions are ``cpu_conv.Conv3x3``: an ``nn.Conv2d`` (same parameters and
 state_dict) whose bf16 training on the CPU runs small maps as matrix products.
 """
@@ -41,24 +49,60 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..config import DROPOUT_BOUNDS, LOGIT_SCALE_BOUNDS, NORMS, WIDTH_BOUNDS
+from ..config import (
+    ACTIVATIONS,
+    CELU_ALPHA_BOUNDS,
+    DROPOUT_BOUNDS,
+    GHOST_BATCH_BOUNDS,
+    LOGIT_SCALE_BOUNDS,
+    NORMS,
+    WIDTH_BOUNDS,
+)
 from ..errors import CheckpointError, ConfigError, check_range, oneline
 from .cpu_conv import Conv3x3
+from .layers import GhostBatchNorm, PatchWhitening
 
 
-def check_options(*, width: float, norm: str, dropout: float, logit_scale: float) -> None:
+def check_options(
+    *, width: float, norm: str, dropout: float, logit_scale: float, activation: str = "relu",
+    celu_alpha: float = 0.3, ghost_batch: int = 0,
+) -> None:  # fmt: skip
     """ConfigError naming the flag if an architecture option is out of range."""
     if norm not in NORMS:
         raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(
+            f"--activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
+        )
     check_range("--width", width, WIDTH_BOUNDS)
     check_range("--dropout", dropout, DROPOUT_BOUNDS)
     check_range("--logit-scale", logit_scale, LOGIT_SCALE_BOUNDS)
+    check_range("--celu-alpha", celu_alpha, CELU_ALPHA_BOUNDS)
+    check_range("--ghost-batch", ghost_batch, GHOST_BATCH_BOUNDS)
+    if ghost_batch and norm != "batch":
+        raise ConfigError(
+            f"--ghost-batch splits BatchNorm's batch; --norm {norm} has no batch statistics "
+            "(give --norm batch or --ghost-batch 0)"
+        )
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
-    """Normalisation layer over ``channels`` feature maps."""
+def _activation(kind: str, celu_alpha: float) -> nn.Module:
+    """ReLU, or CELU with ``celu_alpha`` (a ReLU smoothed over about alpha around 0)."""
+    return nn.CELU(celu_alpha) if kind == "celu" else nn.ReLU(inplace=True)
+
+
+def _norm(kind: str, channels: int, ghost_batch: int = 0, frozen_scale: bool = False) -> nn.Module:
+    """Normalisation layer over ``channels`` feature maps; with ``frozen_scale`` its scale
+    stays 1 (not trained; its bias still is)."""
+    layer = _norm_layer(kind, channels, ghost_batch)
+    if frozen_scale:
+        layer.weight.requires_grad_(False)
+    return layer
+
+
+def _norm_layer(kind: str, channels: int, ghost_batch: int) -> nn.Module:
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return GhostBatchNorm(channels, ghost_batch) if ghost_batch else nn.BatchNorm2d(channels)
     if kind == "group":
         # Up to 32 groups, always dividing the channel count (width multipliers
         # give channel counts such as 16 or 48).
@@ -71,6 +115,10 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 class ConvBlock(nn.Sequential):
     """Conv 3x3 (stride 1, padding 1) -> [MaxPool 2] -> norm -> ReLU -> [Dropout].
+
+    ``block`` options beyond the pooling: ``activation``/``celu_alpha`` replace the ReLU,
+    ``ghost_batch``/``freeze_bn_scale`` shape the norm, and ``kernel_size=1`` makes the
+    convolution 1x1 (the layer after the whitening).
 
     With ``pool_after_relu`` the pooling runs after the ReLU instead (Page's order), and
     an ``Identity`` holds its place, so the norm stays at index 2 and both orders have the
@@ -88,12 +136,25 @@ class ConvBlock(nn.Sequential):
         dropout: float,
         conv_bias: bool,
         pool_after_relu: bool = False,
+        activation: str = "relu",
+        celu_alpha: float = 0.3,
+        ghost_batch: int = 0,
+        freeze_bn_scale: bool = False,
+        kernel_size: int = 3,
     ) -> None:
         late = pool and pool_after_relu
-        layers: list[nn.Module] = [Conv3x3(in_channels, out_channels, bias=conv_bias)]
+        conv = (
+            Conv3x3(in_channels, out_channels, bias=conv_bias)
+            if kernel_size == 3
+            else nn.Conv2d(in_channels, out_channels, kernel_size, bias=conv_bias)
+        )
+        layers: list[nn.Module] = [conv]
         if pool:
             layers.append(nn.Identity() if late else nn.MaxPool2d(2))
-        layers += [_norm(norm, out_channels), nn.ReLU(inplace=True)]
+        layers += [
+            _norm(norm, out_channels, ghost_batch, freeze_bn_scale),
+            _activation(activation, celu_alpha),
+        ]
         if late:
             layers.append(nn.MaxPool2d(2))
         if dropout > 0:
@@ -132,6 +193,18 @@ class Scale(nn.Module):
         return f"factor={self.factor}"
 
 
+class WhitenedPrep(nn.Sequential):
+    """The first layer with ``whiten``: the fixed patch whitening (3 -> 27 channels), then a
+    trained 1x1 convolution block to the first layer's channels."""
+
+    def __init__(self, out_channels: int, **block: object) -> None:
+        whitening = PatchWhitening(3)
+        super().__init__(
+            whitening,
+            ConvBlock(whitening.out_channels, out_channels, pool=False, kernel_size=1, **block),
+        )
+
+
 class CustomResNet(nn.Module):
     """ResNet-9 with a choice of normalisation, dropout and width; returns logits."""
 
@@ -146,17 +219,31 @@ class CustomResNet(nn.Module):
         head_bias: bool = True,
         logit_scale: float = 1.0,
         pool_after_relu: bool = False,
+        activation: str = "relu",
+        celu_alpha: float = 0.3,
+        ghost_batch: int = 0,
+        freeze_bn_scale: bool = False,
+        whiten: bool = False,
     ) -> None:
         super().__init__()
-        check_options(width=width, norm=norm, dropout=dropout, logit_scale=logit_scale)
+        check_options(
+            width=width, norm=norm, dropout=dropout, logit_scale=logit_scale,
+            activation=activation, celu_alpha=celu_alpha, ghost_batch=ghost_batch,
+        )  # fmt: skip
         c1, c2, c3, c4 = (max(1, round(c * width)) for c in (64, 128, 256, 512))
         block = {
             "norm": norm,
             "dropout": dropout,
             "conv_bias": conv_bias,
             "pool_after_relu": pool_after_relu,
+            "activation": activation,
+            "celu_alpha": celu_alpha,
+            "ghost_batch": ghost_batch,
+            "freeze_bn_scale": freeze_bn_scale,
         }
-        self.prep_layer = ConvBlock(3, c1, pool=False, **block)
+        self.prep_layer = (
+            WhitenedPrep(c1, **block) if whiten else ConvBlock(3, c1, pool=False, **block)
+        )
         self.layer1 = ResidualLayer(c1, c2, **block)
         self.layer2 = ConvBlock(c2, c3, pool=True, **block)
         self.layer3 = ResidualLayer(c3, c4, **block)
@@ -175,6 +262,12 @@ class CustomResNet(nn.Module):
         x = self.layer2(x)  # (N, 256w, 8, 8)
         x = self.layer3(x)  # (N, 512w, 4, 4)
         return self.head(x)  # (N, num_classes) logits
+
+    def fit_whitening(self, images: torch.Tensor) -> None:
+        """Set the whitening layer (``whiten``) from normalised training images (N, 3, H, W)."""
+        if not isinstance(self.prep_layer, WhitenedPrep):
+            raise ConfigError("fit_whitening needs a network built with whiten=True")
+        self.prep_layer[0].fit(images)
 
 
 def count_parameters(model: nn.Module) -> int:
