@@ -109,6 +109,12 @@ class Training:
         """The weights evaluated, reported and saved as the model: the EMA's when there is one."""
         return self.setup.model if self.ema is None else self.ema.module
 
+    def update_ema(self) -> None:
+        """After a step and its schedule step: the EMA's update, every ``ema_every`` steps
+        from the first (the schedule counts the steps, resumed runs included)."""
+        if self.ema is not None and (self.scheduler.last_epoch - 1) % self.config.ema_every == 0:
+            self.ema.update_parameters(self.setup.model)
+
     def add(self, metrics: EpochMetrics, result: EpochResult) -> None:
         """A finished epoch."""
         self.epochs.append(metrics)
@@ -204,9 +210,8 @@ def fit(
                             t.net, t.criterion, s.optimizer, (x, y), s.runtime,
                             scaler=t.scaler, lap=monitor.lap,
                         )  # fmt: skip
-                        t.scheduler.step()
-                        if t.ema is not None:
-                            t.ema.update_parameters(s.model)
+                        t.scheduler.step()  # last_epoch: the steps taken, this one included
+                        t.update_ema()
                         monitor.lap("optimizer")
                         monitor.stepped(lr, loss, logits, y)
                     try:
@@ -400,7 +405,7 @@ def find_lr(
         for lr in tqdm(sweep.lrs(), desc="LR range test", unit="step", leave=False,
                        disable=not progress):  # fmt: skip
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss, _ = train_step(model, criterion, optimizer, next(stream), runtime, scaler=scaler)
             lrs.append(lr)
             losses.append(loss.item())

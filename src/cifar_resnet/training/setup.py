@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from ..config import PRECISIONS, TrainConfig
+from ..data.augment import normalize
 from ..data.load import Cifar10, load_cifar10
 from ..data.splits import EpochLength, Split, prepare_splits, train_batches
 from ..distributed import SINGLE_PROCESS, Dist
 from ..errors import ConfigError
 from ..model.custom_resnet import CustomResNet
+from ..model.layers import WHITENING_IMAGES
 from ..runtime import Runtime, keep_freed_memory, resolve_runtime
 from .lr_finder import preserved_state
 from .schedule import one_cycle_scheduler
@@ -38,17 +40,44 @@ def build_optimizer(
     """Adam (coupled L2), AdamW (decoupled) or SGD with Nesterov momentum, as ``config`` says.
 
     Fused (one kernel for all parameters) on CUDA, torch's default (foreach) elsewhere.
+    The trained parameters only (not frozen norm scales); with ``bias_lr_factor`` the norm
+    layers' biases are a second group, whose ``lr_scale`` the schedule multiplies its LR by.
     """
     fused = (runtime.device.type == "cuda") or None
-    params, wd = model.parameters(), config.weight_decay
+    params = parameter_groups(model, config.bias_lr_factor, config.weight_decay)
     # The schedule (or, without max_lr, the range test from its start) sets every step's LR.
     lr = config.max_lr if config.max_lr is not None else config.finder_start_lr
     if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=wd, fused=fused
-        )
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=True, fused=fused)
     adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return adam(params, lr=lr, weight_decay=wd, fused=fused)
+    return adam(params, lr=lr, fused=fused)
+
+
+NORM_LAYERS = (nn.BatchNorm2d, nn.GroupNorm)
+
+
+def parameter_groups(
+    model: nn.Module, bias_lr_factor: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: every trained parameter with ``weight_decay``; with
+    a ``bias_lr_factor`` other than 1, the norm layers' biases apart, with ``lr_scale`` set
+    to it and the weight decay divided by it (Page's larger step for the biases of
+    scale-frozen norms). The first group holds the weights, whose LR the run reports."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if bias_lr_factor == 1:
+        return [{"params": trained, "weight_decay": weight_decay}]
+    biases = {
+        id(m.bias) for m in model.modules()
+        if isinstance(m, NORM_LAYERS) and m.bias is not None and m.bias.requires_grad
+    }  # fmt: skip
+    return [
+        {"params": [p for p in trained if id(p) not in biases], "weight_decay": weight_decay},
+        {
+            "params": [p for p in trained if id(p) in biases],
+            "weight_decay": weight_decay / bias_lr_factor,
+            "lr_scale": bias_lr_factor,
+        },
+    ]
 
 
 def build_scheduler(
@@ -62,6 +91,8 @@ def build_scheduler(
         peak_epoch=config.peak_epoch,
         min_lr=config.min_lr,
         max_lr=config.max_lr,
+        hold_epochs=config.hold_epochs,
+        end_lr_ratio=config.end_lr_ratio,
     )
 
 
@@ -71,10 +102,12 @@ def build_criterion(config: TrainConfig) -> nn.Module:
 
 
 def ema_update(
-    decay: float, updates_so_far: Callable[[], int]
+    decay: float, updates_so_far: Callable[[], int], every: int = 1
 ) -> Callable[[list, list, object], None]:
     """The EMA step for ``AveragedModel``: e = d e + (1 - d) w, with the decay held at
     d = (1 + n) / (10 + n) while that is below ``decay`` (n = ``updates_so_far()``).
+    Updated every ``every`` steps, it uses d to the power ``every``, with n counted in
+    steps (``every`` times the updates): the same average of the weights, sampled.
 
     The warm-up is TensorFlow's ``num_updates`` rule. Without it, a run of a few dozen steps
     would keep an average still close to its random start; with it the average follows the
@@ -87,8 +120,8 @@ def ema_update(
 
     @torch.no_grad()
     def update(averaged: list, current: list, _count_on_device: object) -> None:
-        n = updates_so_far()
-        d = min(decay, (1 + n) / (10 + n))
+        n = updates_so_far() * every
+        d = min(decay, (1 + n) / (10 + n)) ** every
         if averaged[0].is_floating_point():
             torch._foreach_lerp_(averaged, current, 1 - d)
         else:  # BatchNorm's batch counts
@@ -99,7 +132,8 @@ def ema_update(
 
 
 def build_ema(model: nn.Module, config: TrainConfig) -> AveragedModel | None:
-    """The EMA of ``model``'s weights and BatchNorm buffers, with ``config.ema_decay``.
+    """The EMA of ``model``'s weights and BatchNorm buffers, with ``config.ema_decay``
+    (``fit`` updates it every ``config.ema_every`` steps).
 
     Its averaged copy (``.module``) sits on ``model``'s device; its update count stays on
     the CPU, so that no step reads a number back from a GPU, and it is not among the
@@ -109,7 +143,7 @@ def build_ema(model: nn.Module, config: TrainConfig) -> AveragedModel | None:
         return None
     ema = AveragedModel(model, use_buffers=True)
     ema.n_averaged = torch.zeros((), dtype=torch.long, device="cpu")  # whatever the default device
-    ema.multi_avg_fn = ema_update(config.ema_decay, lambda: int(ema.n_averaged))
+    ema.multi_avg_fn = ema_update(config.ema_decay, lambda: int(ema.n_averaged), config.ema_every)
     return ema
 
 
@@ -152,6 +186,8 @@ def setup_training(
         )
     torch.manual_seed(config.seed)
     model = runtime.place(build_model(config, len(data.classes)))
+    if config.whiten:
+        model.fit_whitening(normalize(train.images[:WHITENING_IMAGES], train.mean, train.std))
     optimizer = build_optimizer(model, config, runtime)
     generator = torch.Generator(device=runtime.device).manual_seed(config.seed)
     return Setup(runtime, data, train, test, epoch, model, optimizer, generator)
