@@ -37,6 +37,28 @@ def test_summary_prints_the_reference_total(capsys):
     code, out, _ = run_cli(["summary"], capsys)
     assert code == 0
     assert "Total params: 6,573,130" in out
+    assert out.startswith("recipe spec: width 1, norm batch,")
+
+
+def test_summary_shows_a_recipes_model_options_and_its_network(capsys):
+    code, out, _ = run_cli(["summary", "--recipe", "page-fast", "--width", "0.5"], capsys)
+    assert code == 0
+    first = out.splitlines()[0]
+    for shown in (
+        "recipe page-fast",
+        "width 0.5",
+        "activation celu",
+        "celu_alpha 0.3",
+        "ghost_batch 32",
+        "freeze_bn_scale yes",
+        "whiten yes",
+        "logit_scale 0.0625",
+    ):
+        assert shown in first  # fmt: skip
+    assert "PatchWhitening" in out and "GhostBatchNorm" in out and "CELU" in out
+    assert "Non-trainable params" in out
+    code, _, err = run_cli(["summary", "--recipe", "page-fast", "--norm", "group"], capsys)
+    assert code == 2 and "--ghost-batch" in err and len(err.strip().splitlines()) == 1
 
 
 def test_train_writes_a_run_and_refuses_to_overwrite_it(pickle_dir, tmp_path, capsys):

@@ -37,6 +37,47 @@ def test_the_page_recipe_is_pages_published_settings():
     assert TrainConfig(recipe="page", crop_pad_mode="zeros").crop_pad_mode == "zeros"
 
 
+def test_the_page_fast_recipe_is_pages_bag_of_tricks_in_ten_epochs():
+    c = TrainConfig(recipe="page-fast")
+    assert (c.epochs, c.peak_epoch, c.hold_epochs, c.end_lr_ratio) == (10, 2, 2, 0.1)
+    assert (c.optimizer, c.max_lr, c.min_lr, c.weight_decay) == ("sgd", 1.0, 0.0, 5e-4)
+    assert (c.activation, c.celu_alpha, c.ghost_batch) == ("celu", 0.3, 32)
+    assert (c.freeze_bn_scale, c.bias_lr_factor, c.whiten) == (True, 64.0, True)
+    assert (c.ema_decay, c.ema_every, c.logit_scale, c.cutout_size) == (0.99, 5, 0.0625, 0)
+    assert (c.label_smoothing, c.head_bias, c.tta, c.drop_last) == (0.2, False, True, True)
+    assert c.pool_after_relu is False  # his post's order: conv, pool, norm, activation
+    # the tricks are off in the other recipes, and each is its own setting
+    for recipe in ("spec", "page"):
+        other = TrainConfig(recipe=recipe)
+        assert (other.activation, other.ghost_batch, other.freeze_bn_scale) == ("relu", 0, False)
+        assert (other.whiten, other.bias_lr_factor, other.ema_every) == (False, 1.0, 1)
+        assert (other.hold_epochs, other.end_lr_ratio, other.cutout_size) == (0, 0.0, 8)
+    assert TrainConfig(recipe="page-fast", whiten=False, cutout_size=8).cutout_size == 8
+
+
+def test_tricks_that_cannot_go_together_are_one_line_errors():
+    with pytest.raises(ConfigError, match=r"--peak-epoch \(9\) .* less --hold-epochs \(2\)"):
+        TrainConfig(recipe="page-fast", peak_epoch=9)
+    with pytest.raises(ConfigError, match="--ghost-batch .* --norm group"):
+        TrainConfig(recipe="page-fast", norm="group")
+    with pytest.raises(ConfigError, match="--sync-bn .* --ghost-batch"):
+        TrainConfig(recipe="page-fast", sync_bn=True)
+    assert TrainConfig(recipe="page-fast", norm="group", ghost_batch=0).norm == "group"
+
+
+def test_a_saved_config_older_than_the_tricks_loads_without_them():
+    """A saved config without a trick's setting trained without it, whatever its recipe
+    now fills in (``OPTIONS_ADDED``)."""
+    from cifar_resnet.config import as_saved_run
+
+    tricks = ("activation", "ghost_batch", "freeze_bn_scale", "whiten", "bias_lr_factor",
+              "ema_every", "hold_epochs", "end_lr_ratio")  # fmt: skip
+    saved = {k: v for k, v in TrainConfig(recipe="page-fast").to_dict().items() if k not in tricks}
+    loaded = TrainConfig.from_dict(as_saved_run(saved))
+    plain = TrainConfig(recipe="page")
+    assert {k: getattr(loaded, k) for k in tricks} == {k: getattr(plain, k) for k in tricks}
+
+
 def test_reflection_padding_must_be_narrower_than_the_image():
     assert TrainConfig(crop_pad_mode="reflect", crop_padding=31).crop_padding == 31
     with pytest.raises(ConfigError, match="must be below 32 with --crop-pad-mode reflect"):

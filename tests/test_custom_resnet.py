@@ -111,3 +111,63 @@ def test_pages_pooling_order_pools_after_batchnorm_and_relu():
         assert page(x[:, :3]).shape == (2, 10)
         # a plain Sequential in both orders: TorchScript compiles it as it is
         torch.testing.assert_close(torch.jit.script(page)(x[:, :3]), page(x[:, :3]))
+
+
+def _spec_state_keys() -> set[str]:
+    return set(CustomResNet(width=0.25).state_dict())
+
+
+def test_celu_replaces_every_relu_and_keeps_the_weights():
+    celu = CustomResNet(width=0.25, activation="celu", celu_alpha=0.3)
+    assert not any(isinstance(m, nn.ReLU) for m in celu.modules())
+    activations = [m for m in celu.modules() if isinstance(m, nn.CELU)]
+    assert len(activations) == 8  # one per conv block: prep, 3 + 1 + 3 in the layers
+    assert {m.alpha for m in activations} == {0.3}
+    assert set(celu.state_dict()) == _spec_state_keys()
+    x = torch.randn(2, 3, 32, 32)
+    relu = CustomResNet(width=0.25)
+    relu.load_state_dict(celu.state_dict())
+    assert not torch.allclose(celu.eval()(x), relu.eval()(x))
+
+
+def test_frozen_norm_scales_are_ones_and_not_trained():
+    model = CustomResNet(width=0.25, freeze_bn_scale=True)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 8
+    assert all(not m.weight.requires_grad and bool((m.weight == 1).all()) for m in norms)
+    assert all(m.bias.requires_grad for m in norms)
+    frozen = sum(m.weight.numel() for m in norms)
+    assert count_parameters(model) == count_parameters(CustomResNet(width=0.25)) - frozen
+    assert set(model.state_dict()) == _spec_state_keys()  # still saved
+
+
+def test_ghost_batchnorm_is_the_norm_of_every_block_and_checks_its_options():
+    from cifar_resnet.model.layers import GhostBatchNorm
+
+    model = CustomResNet(width=0.25, ghost_batch=32)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 8 and all(isinstance(m, GhostBatchNorm) for m in norms)
+    assert {m.ghost_batch for m in norms} == {32}
+    assert set(model.state_dict()) == _spec_state_keys()
+    with pytest.raises(ConfigError, match="--ghost-batch"):
+        CustomResNet(norm="group", ghost_batch=32)
+    with pytest.raises(ConfigError, match="--activation"):
+        CustomResNet(activation="gelu")
+
+
+def test_whitened_first_layer_is_a_fixed_patch_whitening_then_a_1x1_conv():
+    torch.manual_seed(0)
+    model = CustomResNet(width=0.25, whiten=True)
+    whitening, block = model.prep_layer
+    assert block[0].kernel_size == (1, 1) and block[0].in_channels == 27
+    assert not any(p.requires_grad for p in whitening.parameters())
+    # 27 x 16 weights of the 1x1 conv, as many as the 3x3 conv's 3 x 9 x 16 they replace
+    assert count_parameters(model) == count_parameters(CustomResNet(width=0.25))
+    images = torch.randn(20, 3, 32, 32)
+    before = whitening.weight.clone()
+    model.fit_whitening(images)
+    assert not torch.equal(whitening.weight, before)
+    assert "prep_layer.0.weight" in model.state_dict()  # the fitted filters are saved
+    assert model.eval()(images[:2]).shape == (2, 10)
+    with pytest.raises(ConfigError, match="whiten"):
+        CustomResNet(width=0.25).fit_whitening(images)

@@ -147,3 +147,21 @@ def test_read_metadata_refuses_other_files(model, tmp_path):
         read_metadata(tmp_path / "gone.onnx")
     with pytest.raises(CifarResnetError, match="--format"):
         export_model(model, tmp_path / "m.tflite", "tflite")
+
+
+@pytest.mark.parametrize("format", ["onnx", "torchscript"])
+def test_page_fast_networks_export_as_plain_layers(tmp_path, format):
+    """Whitening, CELU, frozen scales and ghost BatchNorm (a plain BatchNorm in evaluation)
+    export and run like PyTorch."""
+    from cifar_resnet.training.setup import build_model
+
+    config = TrainConfig(recipe="page-fast", width=0.125)
+    torch.manual_seed(0)
+    net = build_model(config)
+    net.fit_whitening(torch.randn(50, 3, 32, 32))
+    net.train()(torch.randn(64, 3, 32, 32))  # running statistics from ghost batches
+    trained = TrainedModel(net.eval(), tuple("abcdefghij"), torch.full((3,), 0.5),
+                           torch.full((3,), 0.25), config, resolve_runtime("cpu", "fp32"),
+                           epoch=1)  # fmt: skip
+    result = export_model(trained, tmp_path / f"model.{format}", format)
+    assert result.max_abs_diff < 1e-4

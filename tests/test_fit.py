@@ -535,3 +535,69 @@ def test_pages_pooling_order_trains_records_and_reloads_as_it_ran(synthetic, tmp
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x), history.model.eval()(x))
+
+
+def test_an_ema_updated_every_k_steps_uses_the_decay_to_the_kth_power():
+    """Updated every k steps, e = d^k e + (1 - d^k) w with d = min(decay, (1 + m) / (10 + m)),
+    m = k n the steps before: the per-step average, sampled every k steps."""
+    from cifar_resnet.training.setup import build_ema
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    ema = build_ema(model, TrainConfig(ema_decay=0.99, ema_every=5))
+    expected = None
+    for n in range(200):  # the warm-up ends after 890 steps, 178 updates
+        with torch.no_grad():
+            model.weight.add_(torch.randn_like(model.weight))
+        ema.update_parameters(model)
+        w = model.weight.detach().clone()
+        d = min(0.99, (1 + 5 * n) / (10 + 5 * n)) ** 5
+        expected = w if expected is None else d * expected + (1 - d) * w
+        torch.testing.assert_close(ema.module.weight, expected, rtol=1e-5, atol=1e-6)
+    assert d == pytest.approx(0.99**5)
+
+
+def test_the_bias_lr_factor_puts_the_norm_biases_in_a_group_of_their_own():
+    from cifar_resnet.training.setup import parameter_groups
+
+    model = build_model(TrainConfig(width=0.25, freeze_bn_scale=True))
+    groups = parameter_groups(model, 64.0, 5e-4)
+    weights, biases = groups
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert {id(p) for p in biases["params"]} == {id(m.bias) for m in norms}
+    assert (biases["lr_scale"], biases["weight_decay"]) == (64.0, 5e-4 / 64)
+    assert (weights.get("lr_scale", 1.0), weights["weight_decay"]) == (1.0, 5e-4)
+    trained = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in groups for p in g["params"]} == trained  # frozen scales left out
+    assert not any(id(m.weight) in trained for m in norms)
+    (single,) = parameter_groups(model, 1.0, 5e-4)  # the spec's: one group of everything
+    assert len(single["params"]) == len(trained)
+
+
+def test_page_fast_trains_with_its_tricks_and_reloads_as_it_ran(synthetic, tmp_path):
+    """The recipe end to end: the whitening fitted at setup, the biases' LR 64 times the
+    weights' at every step, the EMA updated every 5 steps, the LR held at a tenth of the
+    peak over the last epoch; the saved model predicts as the trained one."""
+    from cifar_resnet.inference.predict import model_from_checkpoint
+    from cifar_resnet.records.checkpoint import load_checkpoint
+
+    config = TrainConfig(recipe="page-fast", width=0.125, batch_size=64, epochs=3,
+                         peak_epoch=1, hold_epochs=1, ghost_batch=16, device="cpu")  # fmt: skip
+    history = fit(config, synthetic, run=RunFolder(tmp_path / "run"), progress=False)
+    steps = 600 // 64  # drop_last: 9 full batches an epoch
+    assert len(history.step_lrs) == 3 * steps
+    assert history.step_lrs[-steps:] == pytest.approx([0.1] * steps)  # held at 1.0 / 10
+    assert max(history.step_lrs) == pytest.approx(1.0)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    groups = state.optimizer["param_groups"]
+    assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 64.0]
+    assert groups[1]["lr"] == pytest.approx(64 * groups[0]["lr"])
+    assert int(state.ema["n_averaged"]) == len(range(0, 3 * steps, 5))
+    whitening = state.model["prep_layer.0.weight"]
+    assert not torch.equal(whitening, torch.eye(27).reshape(27, 3, 3, 3))  # fitted
+    assert torch.equal(state.ema["module.prep_layer.0.weight"], whitening)
+    reloaded = model_from_checkpoint(state)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), history.model.eval()(x))
+    assert history.final["test_acc_tta"] is not None

@@ -65,3 +65,30 @@ def test_pages_schedule_runs_from_zero_to_its_peak_and_back_to_zero():
     ]
     assert lrs[0] == 0.0 and lrs[-1] == 0.0 and max(lrs) == lrs[5 * spe - 1] == 0.4
     assert lrs[spe] == pytest.approx(0.4 * spe / (5 * spe - 1))  # linear from 0
+
+
+def test_the_fall_can_end_early_at_a_fraction_of_the_peak_and_hold_there():
+    """Page's 10-epoch schedule: 0 -> peak after epoch 2, down to a tenth of it at the end
+    of epoch 8, held for the last two; a group with lr_scale 64 gets 64 times every LR."""
+    spe, epochs, peak, hold, hi = 7, 10, 2, 2, 1.0
+    weights, biases = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [weights]}, {"params": [biases], "lr_scale": 64.0}], lr=9.0)
+    sched = one_cycle_scheduler(
+        opt, steps_per_epoch=spe, epochs=epochs, peak_epoch=peak, min_lr=0.0, max_lr=hi,
+        hold_epochs=hold, end_lr_ratio=0.1,
+    )  # fmt: skip
+    seen = []
+    for _ in range(spe * epochs):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    knots = [0, peak * spe - 1, (epochs - hold) * spe - 1]  # np.interp holds past the last
+    expected = [float(np.interp(s, knots, [0.0, hi, 0.1 * hi])) for s in range(spe * epochs)]
+    np.testing.assert_allclose([w for w, _ in seen], expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose([b for _, b in seen], [64 * e for e in expected], rtol=1e-12)
+    np.testing.assert_allclose(seen[-hold * spe :], [[0.1, 6.4]] * (hold * spe), rtol=1e-12)
+
+
+def test_a_floor_above_the_fraction_wins():
+    lr = one_cycle_lr(99, total_steps=100, peak_step=10, min_lr=0.2, max_lr=1.0, end_lr=0.1)
+    assert lr == pytest.approx(0.2)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import DEVICE_FORMS, is_device
+from .config import DEVICE_FORMS, MODEL_OPTIONS, is_device
 from .config_flags import (
     LR_FIND_ALIASES,
     LR_FIND_FIELDS,
@@ -54,11 +54,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from .model import CustomResNet, model_summary
+    from .model import model_summary
+    from .training.setup import build_model
 
-    model = CustomResNet(width=args.width, norm=args.norm, dropout=args.dropout)
-    print(model_summary(model, depth=args.depth))
+    config = config_from_args(args)
+    options = ", ".join(f"{k} {_shown(v)}" for k, v in config.model_options().items())
+    print(f"recipe {config.recipe}: {options}")
+    if config.whiten:
+        print("(the whitening filters are fitted to the training images when a run starts)")
+    print(model_summary(build_model(config), depth=args.depth))
     return 0
+
+
+def _shown(value: object) -> str:
+    """A setting as the summary lists it: yes/no for flags, numbers as typed."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -348,10 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "range test and One Cycle.")  # fmt: skip
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("summary", help="print the model summary table")
-    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
-    p.add_argument("--norm", choices=("batch", "group", "layer"), default="batch")
-    p.add_argument("--dropout", type=float, default=0.0)
+    p = sub.add_parser("summary", help="print the model summary table of a recipe's network")
+    add_config_flags(p, only=("recipe", *MODEL_OPTIONS))
     p.add_argument("--depth", type=typed_arg(whole(0, 10), int, "a whole number in [0, 10]"),
                    default=3, help="nesting depth of the table")  # fmt: skip
     p.set_defaults(func=_cmd_summary)

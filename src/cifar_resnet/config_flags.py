@@ -13,15 +13,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import PATH_FIELDS, RECIPES, STAGES, TrainConfig, field_types
+from .config import MODEL_OPTIONS, PATH_FIELDS, RECIPES, STAGES, TrainConfig, field_types
 
 # The config fields the range test reads (training-only ones such as --epochs are not flags).
 LR_FIND_FIELDS = (
     "recipe", "data_dir", "cache_dir", "limit_train", "crop_padding", "crop_pad_mode",
-    "flip_prob", "cutout_size", "width", "norm", "dropout", "head_bias", "logit_scale",
-    "pool_after_relu", "batch_size", "drop_last", "optimizer", "momentum", "min_lr_divisor",
-    "weight_decay", "label_smoothing", "finder_start_lr", "finder_end_lr", "finder_num_iter",
-    "finder_rule", "seed", "device", "precision",
+    "flip_prob", "cutout_size", *MODEL_OPTIONS, "batch_size", "drop_last", "optimizer",
+    "momentum", "min_lr_divisor", "weight_decay", "bias_lr_factor", "label_smoothing",
+    "finder_start_lr", "finder_end_lr", "finder_num_iter", "finder_rule", "seed", "device",
+    "precision",
 )  # fmt: skip
 LR_FIND_ALIASES = {"finder_start_lr": "--start-lr", "finder_end_lr": "--end-lr",
                    "finder_num_iter": "--num-iter", "finder_rule": "--rule"}  # fmt: skip

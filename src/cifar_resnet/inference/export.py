@@ -46,6 +46,7 @@ from torch import nn
 
 from ..errors import CifarResnetError, oneline
 from ..files import staged
+from ..model.layers import plain_batchnorms
 from .types import SIDE, TrainedModel
 
 FORMATS = ("onnx", "torchscript")
@@ -121,8 +122,10 @@ def export_model(
 
 
 def deployable(model: TrainedModel) -> NormalizedClassifier:
-    """A CPU copy of the network with its normalisation in front, in eval mode."""
+    """A CPU copy of the network with its normalisation in front, in eval mode (ghost
+    BatchNorms as the plain BatchNorms they are in evaluation)."""
     net = copy.deepcopy(model.model).cpu().to(memory_format=torch.contiguous_format)
+    net = plain_batchnorms(net)
     return NormalizedClassifier(net, model.mean, model.std, list(model.classes)).eval()
 
 

@@ -74,6 +74,22 @@ class GhostBatchNorm(nn.BatchNorm2d):
         return f"{super().extra_repr()}, ghost_batch={self.ghost_batch}"
 
 
+def plain_batchnorms(model: nn.Module) -> nn.Module:
+    """``model`` with every ``GhostBatchNorm`` replaced, in place, by the ``nn.BatchNorm2d``
+    holding its state: the same network in evaluation, in a form TorchScript and ONNX take."""
+    for name, child in model.named_children():
+        if isinstance(child, GhostBatchNorm):
+            plain = nn.BatchNorm2d(child.num_features, child.eps, child.momentum).to(
+                device=child.running_mean.device
+            )
+            plain.load_state_dict(child.state_dict())
+            plain.weight.requires_grad_(child.weight.requires_grad)
+            setattr(model, name, plain.train(child.training))
+        else:
+            plain_batchnorms(child)
+    return model
+
+
 class PatchWhitening(nn.Module):
     """A fixed ``size`` x ``size`` convolution (padding keeps the map's size, no bias) that
     whitens each pixel's neighbourhood; ``fit`` computes its filters from images."""
