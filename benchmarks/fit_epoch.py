@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.data.splits import EpochLength, Split, epoch_order, train_batches
@@ -30,8 +31,10 @@ def train_epoch(
     generator: torch.Generator,
     criterion: nn.Module,
     timer: PhaseTimer | None = None,
+    ema: AveragedModel | None = None,
 ) -> EpochResult:
-    """Train ``net`` for one epoch of ``split``; its loss, accuracy and seconds."""
+    """Train ``net`` for one epoch of ``split``; its loss, accuracy and seconds. With
+    ``ema``, updated as ``fit`` updates it (every ``config.ema_every`` steps)."""
     epoch = EpochLength.of(len(split), config.batch_size, config.drop_last)
     state = EpochState(epoch_order(len(split), generator))
     monitor = StepMonitor(state, runtime, epoch, callbacks=Callbacks(timer=timer))
@@ -40,6 +43,8 @@ def train_epoch(
         lr = optimizer.param_groups[0]["lr"]
         loss, logits = train_step(net, criterion, optimizer, (x, y), runtime, lap=monitor.lap)
         scheduler.step()
+        if ema is not None and (scheduler.last_epoch - 1) % config.ema_every == 0:
+            ema.update_parameters(net)
         monitor.lap("optimizer")
         monitor.stepped(lr, loss, logits, y)
     return monitor.result()

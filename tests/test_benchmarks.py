@@ -357,3 +357,27 @@ def test_accuracy_against_time_draws_a_line_per_recipe_and_machine_kind(tmp_path
     with pytest.raises(SystemExit) as stop:
         _script("accuracy_vs_time").main(["--files", "missing.json", "--out", str(out)])
     assert stop.value.code == 2 and "missing.json" in capsys.readouterr().err
+
+
+def test_trick_cost_times_each_trick_against_page_and_records_it(tmp_path, capsys):
+    data_dir = write_pickles(tmp_path / "data", make_synthetic(600, 20))  # a batch of 512
+    result = _script("trick_cost").main(
+        ["--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"),
+         "--width", "0.0625", "--images", "600", "--rounds", "1", "--device", "cpu",
+         "--results-dir", str(tmp_path / "results")]
+    )  # fmt: skip
+    assert _only_file(tmp_path / "results") == result
+    rows = result["variants"]
+    assert list(rows) == ["spec", "page", "page + CELU", "page + ghost BatchNorm",
+                          "page + frozen scales", "page + whitening", "page-fast"]  # fmt: skip
+    page = rows["page"]["images_per_second"]
+    for name, row in rows.items():
+        (seconds,) = row["seconds_per_epoch"]
+        used = 600 if name == "spec" else 512  # Page's recipes drop the partial batch
+        assert row["images_per_second"] == pytest.approx(used / seconds)
+        assert row["cost_vs_page"] == pytest.approx(page / row["images_per_second"])
+    assert rows["page + whitening"]["settings"] == {"recipe": "page", "whiten": True}
+    assert "cost vs page" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        _script("trick_cost").main(["--data-dir", str(data_dir), "--images", "100"])
+    assert stop.value.code == 2
