@@ -3,8 +3,12 @@ fixed patch-whitening convolution.
 
 ``GhostBatchNorm`` is ``nn.BatchNorm2d`` (same parameters, buffers and state_dict) whose
 training-mode statistics are taken over groups of about ``ghost_batch`` images instead of
-the whole batch; evaluation is plain BatchNorm with the running statistics. Each group's
-mean and variance normalise that group; the running statistics move, with BatchNorm's
+the whole batch; evaluation is plain BatchNorm with the running statistics. Each group
+(consecutive images of the shuffled batch) runs through torch's BatchNorm kernel on its
+own. On a 2-core EPYC (fp32, channels_last, batch 512 in groups of 32, the layer shapes
+of width 0.25) a layer's forward and backward took 1.0-3.4x one whole-batch BatchNorm's
+time this way, and 4.6-8.7x written as tensor operations.
+Each group's mean and variance normalise that group; the running statistics move, with BatchNorm's
 momentum, towards the groups' average. Averaging the groups' statistics first and then
 taking one moving average is the same as keeping a moving average per group and averaging
 them at evaluation (both are linear), so one set of buffers of the usual size suffices and
@@ -49,26 +53,27 @@ class GhostBatchNorm(nn.BatchNorm2d):
         splits = ghost_splits(x.shape[0], self.ghost_batch)
         if not self.training or splits == 1:
             return super().forward(x)
-        groups = x.float().unflatten(0, (splits, x.shape[0] // splits))  # (S, n/S, C, H, W)
-        var, mean = torch.var_mean(groups, (1, 3, 4), correction=0, keepdim=True)
-        y = (groups - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            y = y * self.weight[:, None, None] + self.bias[:, None, None]
+        # torch's own kernel on each group (a slice of the batch, in any memory format),
+        # which also returns the group's mean and 1 / sqrt(var + eps)
+        outs, means, invstds = zip(*(
+            torch.native_batch_norm(part, self.weight, self.bias, None, None, True, 0.0, self.eps)
+            for part in x.chunk(splits)
+        ), strict=True)  # fmt: skip
         if self.track_running_stats:
-            self._track(mean, var, count=groups[0, :, 0].numel())
-        return y.flatten(0, 1).to(x.dtype)
+            self._track(torch.stack(means), torch.stack(invstds), x[0, 0].numel() * len(outs[0]))
+        return torch.cat(outs)
 
     @torch.no_grad()
-    def _track(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
-        """Move the running statistics towards the groups' average (unbiased variance, as
-        BatchNorm's)."""
+    def _track(self, means: torch.Tensor, invstds: torch.Tensor, count: int) -> None:
+        """Move the running statistics towards the groups' average (the groups' means, and
+        their variances made unbiased over ``count`` values each, as BatchNorm's)."""
         self.num_batches_tracked += 1
         momentum = self.momentum
         if momentum is None:  # a cumulative average, as BatchNorm's momentum=None
             momentum = 1.0 / float(self.num_batches_tracked)
-        unbiased = var * (count / max(count - 1, 1))
-        self.running_mean.lerp_(mean.mean(0).flatten().to(self.running_mean.dtype), momentum)
-        self.running_var.lerp_(unbiased.mean(0).flatten().to(self.running_var.dtype), momentum)
+        variances = (invstds.double().pow(-2) - self.eps) * (count / max(count - 1, 1))
+        self.running_mean.lerp_(means.mean(0).to(self.running_mean.dtype), momentum)
+        self.running_var.lerp_(variances.mean(0).to(self.running_var.dtype), momentum)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, ghost_batch={self.ghost_batch}"
