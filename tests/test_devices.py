@@ -332,6 +332,27 @@ def test_the_ema_of_a_model_on_a_gpu_updates_without_reading_anything_back():
     assert ema.n_averaged.device.type == "cpu" and int(ema.n_averaged) == 3
 
 
+def test_a_page_fast_step_on_a_gpu_reads_nothing_back():
+    """Ghost BatchNorm's groups and running statistics, CELU, the whitening and the bias
+    group's LR, on ``meta`` (a GPU stand-in that cannot be read back), in half precision."""
+    from cifar_resnet.training.setup import build_model, build_optimizer, build_scheduler
+
+    config = TrainConfig(recipe="page-fast", width=0.25, max_lr=1.0, min_lr=0.0)
+    model = build_model(config).to("meta")
+    runtime = Runtime(torch.device("meta"), None, channels_last=True)
+    optimizer = build_optimizer(model, config, runtime)
+    scheduler = build_scheduler(optimizer, config, EpochLength.of(1024, 512, True))
+    x = torch.empty(512, 3, 32, 32, device="meta", dtype=torch.float16)
+    model.train()
+    loss = model.half()(x).float().sum()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    norm = model.layer2[2]
+    assert {norm.running_mean.device.type, norm.num_batches_tracked.device.type} == {"meta"}
+    assert [g.get("lr_scale", 1.0) for g in optimizer.param_groups] == [1.0, 64.0]
+
+
 # 7. An unexpected exception: one line that says what is saved ------------------------------
 
 
