@@ -1,21 +1,21 @@
 """Test accuracy against training time: one line per recipe and machine kind, from results files.
 
-    python benchmarks/accuracy_vs_time.py                  # the headline runs (HEADLINE)
+    python benchmarks/accuracy_vs_time.py                  # results_table.HEADLINE's runs
     python benchmarks/accuracy_vs_time.py --files A.json B.json --out figure.png
 
 Reads finished training runs from results files written by ``train_bench.py``, groups
-them by the name they were recorded under (a recipe at a width), the kind of machine each
-ran on and its precision (a results file may hold seeds from two machines: a run's own
-``machine`` comes first), and draws each group's mean test accuracy after every epoch
-against its mean training seconds so far (evaluation excluded; a pause for tests inside
-an epoch counts, as the file records it). Prints each group's runs and its mean time to
-each target accuracy (``records.time_to_accuracy``), and writes the figure as a PNG.
+them as the README's results table does (``results_table.groups``: the recipe and the
+flags the runs changed, the kind of machine each ran on and its precision), and draws
+each group's mean test accuracy after every epoch against its mean training seconds so
+far (evaluation excluded; a pause for tests inside an epoch counts, as the file records
+it). Prints each group's runs and its mean time to each target accuracy
+(``records.time_to_accuracy``), and writes the figure as a PNG that records the files'
+names and digest (``results_table.digest``) under its "Source" key.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -26,51 +26,11 @@ matplotlib.use("Agg")
 
 from matplotlib import pyplot as plt  # noqa: E402
 from results_file import RESULTS, fail  # noqa: E402
+from results_table import HEADLINE, digest, find, groups  # noqa: E402
 
 from cifar_resnet.records.records import EpochMetrics, time_to_accuracy  # noqa: E402
 
-# The full-width runs on the data as shipped that the README shows.
-HEADLINE = (
-    "2026-12-04-cpu-spec-w1-ema-ls.json",
-    "2026-12-04-cpu-page-w1.json",
-    "2026-12-05-cpu-page-dawn-w1-2.json",
-)
 OUT = RESULTS / "accuracy-vs-time.png"
-
-
-def machine_kind(machine: dict[str, Any] | None) -> str:
-    """The kind of CPU a run trained on, as the README names them."""
-    if not machine:
-        return "unknown CPU"
-    cpu = str(machine.get("cpu", ""))
-    if machine.get("amx_bf16"):
-        return "Xeon with AMX"
-    if "AMD" in cpu:
-        return "EPYC with AVX512-BF16" if machine.get("avx512_bf16") else "EPYC, AVX2 only"
-    return "Xeon, AMX hidden" if machine.get("avx512_bf16") else cpu or "unknown CPU"
-
-
-def runs_of(path: Path) -> list[dict[str, Any]]:
-    """A results file's finished runs, each with the machine it ran on and its file's name."""
-    result = json.loads(path.read_text())
-    runs = result.get("runs") or ([result] if "epochs" in result else [])
-    return [
-        {
-            **run,
-            "machine": run.get("machine") or result.get("machine"),
-            "file": path.name,
-            "name": result.get("name") or path.stem,
-        }  # fmt: skip
-        for run in runs
-        if run.get("epochs")
-    ]
-
-
-def group_label(run: dict[str, Any]) -> str:
-    """The results' name (recipe and width), the machine kind and the precision: what one
-    line of the figure stands for."""
-    final = run["final"]
-    return f"{run['name']}: {machine_kind(run['machine'])}, {final.get('precision', 'fp32')}"
 
 
 def curve(runs: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
@@ -101,19 +61,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(OUT), help="the PNG to write")
     args = parser.parse_args(argv)
 
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for name in args.files:
-        path = next((p for p in (Path(name), Path(args.results_dir) / name) if p.is_file()), None)
-        if path is None:
-            fail("accuracy_vs_time", f"no results file {name} (nor in {args.results_dir})")
-        for run in runs_of(path):
-            groups.setdefault(group_label(run), []).append(run)
-    if not groups:
+    paths = [find(name, args.results_dir, "accuracy_vs_time") for name in args.files]
+    lines = groups(paths)
+    if not lines:
         fail("accuracy_vs_time", "the files hold no finished training run with its epochs")
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     summary = {}
-    for label, runs in sorted(groups.items()):
+    for label, runs in lines.items():
         seconds, accs = curve(runs)
         ax.plot([s / 60 for s in seconds], [100 * a for a in accs], marker=".", label=
                 f"{label} ({len(runs)} run{'s' if len(runs) > 1 else ''})")  # fmt: skip
@@ -133,7 +88,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fig.tight_layout()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    # The inputs' digest, which a test compares with the files' to know the figure current
+    fig.savefig(out, dpi=110, metadata={"Source": f"{', '.join(p.name for p in paths)}; sha256 "
+                                        f"{digest(paths)}"})  # fmt: skip
     print(f"figure in {out}")
     return summary
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import TINY_RUN, make_synthetic, write_pickles
+from PIL import Image
 
 from cifar_resnet.runtime import resolve_runtime
 
@@ -354,6 +355,10 @@ def test_accuracy_against_time_draws_a_line_per_recipe_and_machine_kind(tmp_path
     # 85%: 10 s and 24 s (mean 17); 90%: 20 and 24 (22); 91%: only one seed reached it
     assert spec["time_to_accuracy"] == {"0.85": 17.0, "0.9": 22.0, "0.91": None, "0.92": None}
     assert out.read_bytes()[:4] == b"\x89PNG"
+    # the figure names the files it was drawn from and their digest, so a test can tell
+    # whether a committed figure is current without drawing it again
+    digest = _script("results_table").digest([tmp_path / "a.json", tmp_path / "b.json"])
+    assert Image.open(out).text["Source"] == f"a.json, b.json; sha256 {digest}"
     with pytest.raises(SystemExit) as stop:
         _script("accuracy_vs_time").main(["--files", "missing.json", "--out", str(out)])
     assert stop.value.code == 2 and "missing.json" in capsys.readouterr().err
