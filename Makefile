@@ -31,6 +31,15 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# make docs: the README's results table and figure from benchmarks/results/, and the
+# generated pages docs/cli.md and docs/run-folder.md from the code (tests/test_docs.py
+# fails when a committed one is stale).
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/python benchmarks/results_table.py --write
+	$(BIN)/python benchmarks/accuracy_vs_time.py
+	$(BIN)/python benchmarks/reference_docs.py --write
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
