@@ -11,7 +11,7 @@ annotation is the type it then holds: after construction it is never None), so
 optimizer: with another one they are left to the range test (or ``--max-lr``), since
 SGD's 0.4 would make Adam diverge. ``spec`` (the default) is the assignment's
 training (Adam, cross-entropy, One Cycle from found LRs, crop/flip/cutout), with what it
-leaves open chosen by measurement (README, Results): weight decay, an EMA of the weights,
+leaves open chosen by measurement (docs/results.md): weight decay, an EMA of the weights,
 label smoothing.
 """
 
@@ -59,14 +59,14 @@ RESUME_OVERRIDES = (*PATH_FIELDS, "device")
 # The weight decay of the spec recipe: Adam's coupled L2 penalty, as torch.optim.Adam applies
 # it (the spec names Adam; AdamW stays available as --optimizer adamw). Screened at widths
 # 0.25 and 0.5, it had the lowest test loss at the one and the best run at the other, so it
-# is kept for the full width, which overfits more (README, "What is trained";
+# is kept for the full width, which overfits more (docs/method.md;
 # benchmarks/results/*wd-screen*.json and *wd-lr-screen*.json).
 SPEC_WEIGHT_DECAY = 2.5e-4
 
 # The spec recipe evaluates and saves an exponential moving average of its weights, and
 # smooths its training labels (cross-entropy against 0.82 for the label and 0.02 for each
 # other class). In a two-seed screen at width 0.5 each of the two gained more than the
-# seeds' spread (README, Results; benchmarks/results/2026-12-04-cpu-screen-w0-5-*.json).
+# seeds' spread (docs/results.md; benchmarks/results/2026-12-04-cpu-screen-w0-5-*.json).
 SPEC_EMA_DECAY = 0.99
 SPEC_LABEL_SMOOTHING = 0.2
 
@@ -128,7 +128,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # patch-whitening first layer; peak LR 1.0 after 2 epochs, down to 0.1 at epoch 8 and
     # held there; an EMA of the weights (0.99 a step) updated every 5 steps; logits x 1/16;
     # no cutout. The pooling is the spec's order, conv -> pool -> norm, as in his post.
-    # What each trick gave on this data: README, Results.
+    # What each trick costs and gives on this data: docs/results.md.
     "page-fast": {
         "epochs": 10,
         "peak_epoch": 2,

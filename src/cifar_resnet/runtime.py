@@ -8,7 +8,7 @@ exponent flushes small gradients to zero; bf16 has fp32's range and needs none).
 (``cuda_precision``), on the CPU bf16 with AMX, and with AVX512-BF16 alone only where a
 probe convolution times at least ``BF16_MIN_GAIN`` times faster in bf16, because that
 instruction set is no promise of speed (on a Xeon whose AMX the hypervisor hides, bf16
-trained slower than fp32; the README's Results give the figures). What ``auto`` chose
+trained slower than fp32; docs/results.md gives the figures). What ``auto`` chose
 is what the run records.
 
 Layout: channels_last on CUDA and the CPU, where NHWC kernels are the fast ones (cuDNN's

@@ -5,7 +5,7 @@ convolutions well where the maps are large and badly where they are small; writt
 matrix product over the 3x3 neighbourhoods ("im2col"), the weight gradients of the small
 maps took a fraction of the time and a width-1.0 training step sped up by about a third.
 On a CPU with AVX512-BF16 and no AMX the path is neutral. The measurements are in the
-README's Results (the speed table and the paragraph after it); ``benchmarks/speed.py``
+docs/results.md (the speed tables); ``benchmarks/speed.py``
 keeps comparing both paths.
 
 The rule, by the size of the map (from the same measurements): H*W <= 16, all three

@@ -35,7 +35,7 @@ ReLU), ``ghost_batch`` (BatchNorm statistics over groups of that many images whi
 training), ``freeze_bn_scale`` (the norm layers' scales fixed at 1, their biases still
 trained) and ``whiten`` (the first layer becomes a fixed 3x3 patch-whitening convolution,
 3 -> 27 channels, followed by a trained 1x1 convolution; ``fit_whitening`` sets it from
-training images). Each is measured in the README's Results.
+training images). What each costs and gives is in docs/results.md.
 
 The convolutions are ``cpu_conv.Conv3x3``: an ``nn.Conv2d`` (same parameters and
 state_dict) whose bf16 training on the CPU runs small maps as matrix products.

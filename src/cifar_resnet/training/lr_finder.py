@@ -15,7 +15,7 @@ stretch around the smoothed minimum within ``FLOOR_FRACTION`` of the curve's fal
 edges interpolated between steps; LRMAX is its geometric centre times ``FLOOR_SCALE``,
 LRMIN is LRMAX / ``min_lr_divisor``. Both edges are fixed by many points of the curve,
 where the minimum itself wanders on a flat floor with batch noise. ``valley`` (minimum /
-10) and ``steepest`` remain for comparison. The README's "LR range test" gives the
+10) and ``steepest`` remain for comparison. docs/method.md ("LR range test") gives the
 measured spread over seeds and the runs behind the band and the scale.
 
 Why not torch-lr-finder, which the first version used: running this package's training
