@@ -38,17 +38,17 @@ class TrainState:
 
     model: dict[str, torch.Tensor]  # the trained weights (state_dict)
     config: dict[str, Any]  # the resolved TrainConfig, as TrainConfig.to_dict()
-    classes: list[str]
+    classes: list[str]  # the class names, in label order
     mean: torch.Tensor  # (3,) the training split's normalisation, [0, 1] units
     std: torch.Tensor  # (3,)
     epoch: int  # epochs completed
-    optimizer: dict[str, Any] | None = None
-    scheduler: dict[str, Any] | None = None
+    optimizer: dict[str, Any] | None = None  # the optimizer's state_dict (moments, param groups)
+    scheduler: dict[str, Any] | None = None  # the LR schedule's state_dict (steps taken)
     epoch_state: dict[str, Any] | None = None  # position inside an interrupted epoch
     lr_source: str = "given"  # "found" by the range test or "given"
     metrics: list[dict[str, Any]] = field(default_factory=list)  # EpochMetrics dicts so far
     step_lrs: list[float] = field(default_factory=list)  # the LR of every step so far
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # training time of the finished epochs
     rng: dict[str, Any] | None = None  # lifecycle.capture_rng of rank 0
     rng_ranks: list[dict[str, Any]] | None = None  # every rank's, when data-parallel
     ema: dict[str, Any] | None = None  # AveragedModel state_dict, with --ema-decay
@@ -99,15 +99,15 @@ class TrainState:
 class EpochMetrics:
     """One finished epoch (a line of metrics.jsonl). Accuracies are fractions of the split."""
 
-    epoch: int
+    epoch: int  # 1-based
     lr: float  # the LR of the epoch's last step
     train_loss: float  # mean training loss over the epoch (augmented batches)
-    train_acc: float
+    train_acc: float  # accuracy on the epoch's augmented training batches
     test_loss: float  # on the test split, un-augmented, eval mode
-    test_acc: float
+    test_acc: float  # accuracy on the test split
     seconds: float  # training time of the epoch (evaluation excluded)
     test_loss_tta: float | None = None  # with flip TTA, when the run measures it
-    test_acc_tta: float | None = None
+    test_acc_tta: float | None = None  # the same with flip TTA
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON line; the TTA keys only when measured."""
@@ -128,29 +128,29 @@ class RunSummary:
     """What a finished run measured; final.json holds it with the run's resolved settings."""
 
     test_acc: float  # the last epoch's, plain (no TTA)
-    test_loss: float
-    train_acc: float
-    train_loss: float
+    test_loss: float  # the last epoch's, plain
+    train_acc: float  # the last epoch's, on its augmented training batches
+    train_loss: float  # the last epoch's mean training loss
     train_seconds: float  # the epochs' training time, evaluation and range test excluded
     total_seconds: float  # wall time of the training loop in this process
     images_per_second: float  # training images x epochs / train_seconds
-    train_images: int
-    test_images: int
+    train_images: int  # images in the training split (after --limit-train)
+    test_images: int  # images in the test split (after --limit-test)
     steps_per_epoch: int  # optimizer steps in each epoch (the last batch kept unless drop_last)
     device: str  # what trained, e.g. "cuda (NVIDIA A100-SXM4-40GB)"
     precision: str  # fp32, bf16 or fp16 (autocast)
-    processes: int
-    compile_seconds: float | None
-    torch: str
-    params: int
+    processes: int  # training processes (more than 1 under torchrun)
+    compile_seconds: float | None  # torch.compile's seconds before epoch 1 (--compile)
+    torch: str  # torch's version
+    params: int  # trained parameters
     lr_source: str  # "found" by the range test or "given"
-    resumed: bool
-    data: str
-    mean: list[float]
-    std: list[float]
-    classes: list[str]
+    resumed: bool  # whether the run continued from a checkpoint
+    data: str  # where the data came from (a folder, an archive or the download)
+    mean: list[float]  # (3,) the training split's per-channel mean, [0, 1] units
+    std: list[float]  # (3,) its standard deviation
+    classes: list[str]  # the class names, in label order
     test_acc_tta: float | None = None  # with flip TTA, when the run measures it
-    test_loss_tta: float | None = None
+    test_loss_tta: float | None = None  # with flip TTA, when the run measures it
     # Training seconds until the test accuracy first reached each target (``time_to_accuracy``)
     time_to_accuracy: dict[str, float | None] = field(default_factory=dict)
     time_to_accuracy_tta: dict[str, float | None] | None = None  # the same with flip TTA
@@ -236,11 +236,11 @@ class LRFinderResult:
     smoothed: list[float]  # smoothed loss (``lr_finder.smooth_curve``)
     max_lr: float  # LRMAX
     min_lr: float  # LRMIN
-    rule: str
-    min_lr_divisor: float
+    rule: str  # how LRMAX was picked from the curve (floor, valley or steepest)
+    min_lr_divisor: float  # LRMIN = LRMAX / this
     diverged: bool  # stopped early because the loss diverged
     floor: list[float] | None = None  # [low, high] LR edges of the valley floor
-    smooth_decades: float = 0.2
+    smooth_decades: float = 0.2  # width of the smoothing in decades of LR
     # Several seeds' choices, when the test ran once per seed (``lr-find --seeds``)
     spread: dict[str, Any] | None = field(default=None)
 
