@@ -154,14 +154,19 @@ def _test_split(args: argparse.Namespace, model: Any, quiet: bool) -> tuple[Any,
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .inference.calibration import calibration_table, model_calibration
     from .inference.predict import evaluate_model, load_model
     from .inference.tables import evaluation_record, evaluation_table
 
     model = load_model(args.checkpoint, device=args.device)
     data, images, labels, limit = _test_split(args, model, args.quiet or args.json)
     result = evaluate_model(model, images, labels, tta=args.tta)
+    calibration = model_calibration(model, images, labels, tta=args.tta)
     if args.json:
         record = evaluation_record(model, result, data.source, limit, args.checkpoint)
+        record["calibration"] = calibration.to_dict()
+        if calibration.tta is not None:
+            record["tta"]["calibration"] = calibration.tta.to_dict()
         print(json.dumps(record, indent=2))
         return 0
     recorded, config = model.recorded_test_acc, model.config
@@ -172,6 +177,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print(f"data {data.source}, test split" + (f", first {limit:,} images" if limit else ""))
     print(evaluation_table(result))
+    print()
+    print(calibration_table(calibration))
     return 0
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .inference.calibration import Calibration
 from .inference.metrics import Misclassified
 from .records.records import LRFinderResult
 
@@ -201,6 +202,36 @@ def plot_per_class_accuracy(
     ax.set_xlabel("test accuracy (%)")
     ax.set_title("per-class accuracy")
     ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_reliability(result: Calibration, title: str = "reliability diagram") -> Figure:
+    """Accuracy per confidence bin (bars) with its mean confidence (ticks) against the
+    diagonal, over the number of images in each bin (log scale)."""
+    edges = 100 * result.edges.numpy()  # in %, as the accuracies
+    lower, width = edges[:-1], np.diff(edges)
+    counts = result.counts.numpy()
+    filled = counts > 0
+    fig = Figure(figsize=(5.6, 5.6), layout="constrained")
+    ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    ax.plot([0, 100], [0, 100], color="0.3", ls="--", lw=1, label="calibrated", zorder=3)
+    acc = 100 * result.bin_acc.numpy()[filled]
+    conf = 100 * result.bin_confidence.numpy()[filled]
+    x, w = lower[filled], width[filled]
+    ax.bar(x, acc, w, align="edge", color="C0", edgecolor="white", label="accuracy in the bin")
+    ax.hlines(conf, x, x + w, color=_WRONG, lw=2, label="mean confidence in the bin", zorder=4)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{title}: ECE {result.ece:.2%}, {result.n:,} images", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    bars = ax_n.bar(x, counts[filled], w, align="edge", color="0.55", edgecolor="white")
+    ax_n.bar_label(bars, fontsize=6.5, padding=1)
+    ax_n.set_yscale("log")
+    ax_n.set_ylim(0.7, max(2.0, counts.max() * 8.0))  # room above the tallest bar's label
+    ax_n.set_ylabel("images")
+    ax_n.set_xlim(0, 100)
+    ax_n.set_xlabel("confidence: probability of the predicted class (%)")
     return fig
 
 
