@@ -16,11 +16,15 @@ from PIL import Image
 from cifar_resnet import cli
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.data.load import Cifar10
+from cifar_resnet.data.splits import Split
 from cifar_resnet.errors import CheckpointError, DataError
+from cifar_resnet.inference.calibration import calibration
+from cifar_resnet.inference.evaluation import evaluate
 from cifar_resnet.inference.metrics import select_misclassified
 from cifar_resnet.insight.report import SECTIONS, build_report, load_run
 from cifar_resnet.model.custom_resnet import count_parameters
 from cifar_resnet.records.run_folder import RunFolder
+from cifar_resnet.runtime import resolve_runtime
 from cifar_resnet.training.fit import fit
 
 EXPECTED_FIGURES = (
@@ -29,6 +33,8 @@ EXPECTED_FIGURES = (
     "LR range test with LRMAX and LRMIN",
     "confusion matrix",
     "per-class accuracy",
+    "reliability diagram, plain",
+    "reliability diagram, flip TTA",
     "misclassified test images with predicted and actual class",
     "Grad-CAM maps for the predicted and the actual class",
     "class distribution of train and test",
@@ -139,6 +145,36 @@ def test_every_image_is_an_embedded_png_that_decodes(page):
     for img in p.images:
         im = _decode(img["src"])
         assert im.format == "PNG" and min(im.size) >= 200
+
+
+def test_calibration_section_has_the_figures_plain_and_with_tta(page, results, synthetic):
+    labels = synthetic.test_labels
+    section = page[page.index('<section id="calibration">') :]
+    section = section[: section.index("</section>")]
+    assert "15 equal-width bins" in section
+    for name, flipped in (("plain", None), ("flip TTA", results.flipped_logits())):
+        c = calibration(results.logits, labels, flipped)
+        row = (
+            f"<tr><th>{name}</th><td class='n'>{c.acc:.2%}</td><td class='n'>"
+            f"{c.confidence:.2%}</td><td class='n'>{c.ece:.2%}</td><td class='n'>{c.nll:.4f}"
+            f"</td><td class='n'>{c.brier:.4f}</td></tr>"
+        )
+        assert row in section, name
+    assert [img["alt"] for img in _parse(section + "</section>").images] == [
+        "reliability diagram, plain",
+        "reliability diagram, flip TTA",
+    ]
+
+
+def test_the_reports_tta_is_the_one_training_evaluates(results, synthetic):
+    split = Split(synthetic.test_images, synthetic.test_labels, results.mean, results.std)
+    runtime = resolve_runtime("cpu", results.config.precision)
+    scores = evaluate(results.model, split, runtime, tta=True)
+    flipped = results.flipped_logits()
+    assert flipped.shape == results.logits.shape and not torch.equal(flipped, results.logits)
+    tta = calibration(results.logits, synthetic.test_labels, flipped)
+    assert tta.acc == scores.tta_acc
+    assert tta.nll == pytest.approx(scores.tta_loss, rel=1e-5)
 
 
 def test_self_contained_no_scripts_no_network(page):

@@ -2,11 +2,12 @@
 
 ``load_run`` reads a run folder (config.json, final.json, metrics.jsonl,
 lr_finder.json, checkpoints/last.pt) and re-runs the checkpoint's model on the
-test split (eval mode, normalised with the checkpoint's mean/std, never
-augmented); ``build_report`` builds the page from that and returns it as one string.
-Every figure is a PNG embedded as a data URI and the styling is inline, so the page
-needs no network and no JavaScript. Nothing but ``write_report`` writes files: it
-writes the page to the run folder's report.html.
+test split (eval mode, normalised with the checkpoint's mean/std, never augmented;
+``RunResults.flipped_logits`` runs it on the mirror images, for flip TTA);
+``build_report`` builds the page from that and returns it as one string. Every
+figure is a PNG embedded as a data URI and the styling is inline, so the page needs
+no network and no JavaScript. Nothing but ``write_report`` writes files: it writes
+the page to the run folder's report.html.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..data.augment import normalize
 from ..data.load import Cifar10, check_same_classes, load_cifar10
 from ..data.splits import limit_splits
 from ..errors import PROG, CheckpointError, ConfigError
+from ..inference.calibration import N_BINS, Calibration, calibration
 from ..inference.evaluation import predict_logits
 from ..inference.metrics import (
     Misclassified,
@@ -46,12 +48,14 @@ from ..plots import (
     plot_lr_schedule,
     plot_misclassified,
     plot_per_class_accuracy,
+    plot_reliability,
     plot_training_curves,
 )
 from ..records.folder_lock import FolderLock
 from ..records.layout import FINAL, LR_FINDER_JSON, REPORT
 from ..records.records import LRFinderResult, RunSettings
 from ..records.run_folder import RunRecord
+from ..runtime import Runtime
 from .analysis import DataSummary, data_figures, summarize_data
 from .gradcam import DEFAULT_LAYER, grad_cam
 
@@ -60,6 +64,7 @@ SECTIONS = (
     ("curves", "Training curves"),
     ("schedule", "Learning rate"),
     ("errors", "Confusion matrix and per-class accuracy"),
+    ("calibration", "Calibration"),
     ("gallery", "Misclassified test images"),
     ("gradcam", "Grad-CAM"),
     ("data", "Data"),
@@ -88,6 +93,15 @@ class RunResults:
     summary: str  # the model summary table
     data: Cifar10  # the splits the run used (limits applied)
     logits: torch.Tensor  # (N_test, C) float32 on the CPU
+    runtime: Runtime  # where and in which precision the model runs
+
+    def flipped_logits(self) -> torch.Tensor:
+        """Logits (N_test, C) of the test images flipped along the width (the last axis of
+        NCHW), for flip TTA: float32 on the CPU."""
+        return predict_logits(
+            self.model, self.data.test_images.flip(-1), self.mean, self.std, self.runtime,
+            batch_size=self.config.eval_batch_size,
+        )  # fmt: skip
 
 
 def load_run(
@@ -141,6 +155,7 @@ def load_run(
         summary=summary,
         data=data,
         logits=logits,
+        runtime=trained.runtime,
     )
 
 
@@ -192,6 +207,7 @@ def build_report(
         "curves": _curves_section,
         "schedule": _schedule_section,
         "errors": _errors_section,
+        "calibration": _calibration_section,
         "gallery": _gallery_section,
         "gradcam": _gradcam_section,
         "data": _data_section,
@@ -240,6 +256,42 @@ def _errors_section(p: _Page) -> str:
         + p.img(plot_per_class_accuracy(per_class, classes, p.accuracy), "per-class accuracy")
         + "</div>"
     )
+
+
+def _calibration_section(p: _Page) -> str:
+    r, labels = p.r, p.r.data.test_labels
+    if not labels.numel():
+        return "<p>No test image: no calibration to measure.</p>"
+    plain = calibration(r.logits, labels)
+    tta = calibration(r.logits, labels, r.flipped_logits())
+    return (
+        f"<p>How far the model's confidence, the softmax probability of the class it "
+        f"predicts, can be trusted on the {plain.n:,} test images. ECE: the confidences "
+        f"sorted into {N_BINS} equal-width bins, the gap between accuracy and mean "
+        "confidence in each bin, weighted by its share of the images. NLL: the mean "
+        "cross-entropy of the true class in nats. Brier: the squared error of the "
+        "probabilities against the one-hot label, summed over the classes (0 to 2). Mean "
+        "confidence above accuracy is over-confidence, below it under-confidence. Flip "
+        "TTA predicts the mean of the softmaxes of each image and its mirror image.</p>"
+        + _calibration_table(plain, tta)
+        + '<div class="pair">'
+        + p.img(plot_reliability(plain, "plain"), "reliability diagram, plain")
+        + p.img(plot_reliability(tta, "flip TTA"), "reliability diagram, flip TTA")
+        + "</div>"
+    )
+
+
+def _calibration_table(plain: Calibration, tta: Calibration) -> str:
+    head = "".join(
+        f"<th>{h}</th>" for h in ("", "accuracy", "mean confidence", "ECE", "NLL", "Brier")
+    )
+    rows = "".join(
+        f"<tr><th>{name}</th><td class='n'>{c.acc:.2%}</td><td class='n'>{c.confidence:.2%}"
+        f"</td><td class='n'>{c.ece:.2%}</td><td class='n'>{c.nll:.4f}</td>"
+        f"<td class='n'>{c.brier:.4f}</td></tr>"
+        for name, c in (("plain", plain), ("flip TTA", tta))
+    )
+    return f"<table><tr>{head}</tr>{rows}</table>"
 
 
 def _gallery_section(p: _Page) -> str:
