@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -10,7 +11,6 @@ from cifar_resnet.data.load import load_cifar10
 from cifar_resnet.inference.calibration import (
     N_BINS,
     calibration,
-    model_calibration,
 )
 from cifar_resnet.inference.predict import evaluate_model, load_model, select_test_split
 from cifar_resnet.plots import plot_reliability
@@ -148,18 +148,18 @@ def test_calibration_rejects_mismatched_shapes():
 # A trained model: the figures describe what evaluate scores (the shared tiny_run)
 
 
-def test_model_calibration_scores_the_predictions_evaluate_reports(tiny_run):
+def test_evaluate_model_scores_the_calibration_of_the_predictions_it_reports(tiny_run):
     model = load_model(tiny_run)
     data = load_cifar10(model.config.data_dir, model.config.cache_dir)
     images, labels = select_test_split(model, data, model.config.limit_test)
     evaluation = evaluate_model(model, images, labels, tta=True)
-    result = model_calibration(model, images, labels, tta=True)
+    result = dataclasses.replace(evaluation.calibration, tta=evaluation.tta.calibration)
     assert result.tta is not None and result.n == result.tta.n == 150
     assert result.acc == evaluation.acc and result.tta.acc == evaluation.tta.acc
     assert result.nll == pytest.approx(evaluation.loss, rel=1e-5)
     assert result.tta.nll == pytest.approx(evaluation.tta.loss, rel=1e-5)
     assert result.tta.nll != result.nll
-    assert model_calibration(model, images, labels).tta is None
+    assert evaluate_model(model, images, labels).tta is None
 
 
 def test_evaluate_prints_the_figures_and_its_json_carries_them(tiny_run, capsys):

@@ -8,6 +8,7 @@ line and exit 2, with no traceback; an unexpected one prints one line and exits 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -154,14 +155,16 @@ def _test_split(args: argparse.Namespace, model: Any, quiet: bool) -> tuple[Any,
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .inference.calibration import calibration_table, model_calibration
+    from .inference.calibration import calibration_table
     from .inference.predict import evaluate_model, load_model
     from .inference.tables import evaluation_record, evaluation_table
 
     model = load_model(args.checkpoint, device=args.device)
     data, images, labels, limit = _test_split(args, model, args.quiet or args.json)
     result = evaluate_model(model, images, labels, tta=args.tta)
-    calibration = model_calibration(model, images, labels, tta=args.tta)
+    calibration = result.calibration
+    if result.tta is not None:
+        calibration = dataclasses.replace(calibration, tta=result.tta.calibration)
     if args.json:
         record = evaluation_record(model, result, data.source, limit, args.checkpoint)
         record["calibration"] = calibration.to_dict()

@@ -26,15 +26,13 @@ of its own; a package dependency for a dozen tensor operations is not worth that
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .evaluation import predict_logits, tta_log_probs
-from .types import TrainedModel
+from .evaluation import tta_log_probs
 
 N_BINS = 15  # equal-width confidence bins of ECE and the reliability diagram
 
@@ -123,30 +121,6 @@ def calibration(
         bin_confidence=bin_confidence,
         bin_acc=bin_acc,
     )
-
-
-def model_calibration(
-    model: TrainedModel, images: torch.Tensor, labels: torch.Tensor, *, tta: bool = False
-) -> Calibration:
-    """The calibration of a trained model on uint8 images (N, 3, 32, 32) with labels (N,),
-    run as ``predict.evaluate_model`` runs it; ``tta`` adds the flip-TTA figures.
-
-    After ``evaluate_model`` this is a second pass over the images: ``Evaluation`` keeps
-    no logits to take the figures from.
-    """
-
-    def logits_of(x: torch.Tensor) -> torch.Tensor:
-        return predict_logits(
-            model.model, x, model.mean, model.std, model.runtime,
-            batch_size=model.config.eval_batch_size,
-        )  # fmt: skip
-
-    logits = logits_of(images)
-    plain = calibration(logits, labels)
-    if not tta:
-        return plain
-    flipped = logits_of(images.flip(-1))  # width: the last axis of NCHW
-    return dataclasses.replace(plain, tta=calibration(logits, labels, flipped))
 
 
 def calibration_table(result: Calibration) -> str:

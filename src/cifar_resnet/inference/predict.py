@@ -40,6 +40,7 @@ from ..records.checkpoint import config_from_checkpoint
 from ..records.records import TrainState
 from ..records.run_folder import RunRecord
 from ..runtime import resolve_runtime, runnable_precision
+from .calibration import calibration
 from .evaluation import predict_logits, scores, tta_log_probs
 from .metrics import confusion_matrix
 from .types import SIDE, Evaluation, Predictions, TrainedModel
@@ -163,17 +164,20 @@ def predict(model: TrainedModel, images: Images, *, tta: bool = False) -> Predic
 def evaluate_model(
     model: TrainedModel, images: torch.Tensor, labels: torch.Tensor, *, tta: bool = False
 ) -> Evaluation:
-    """Loss, accuracy and confusion counts of uint8 images with labels; ``tta`` adds flip TTA."""
+    """Loss, accuracy, confusion counts and calibration of uint8 images with labels; ``tta``
+    adds the same with flip TTA."""
     batch = to_batch(images)
     if batch.shape[0] == 0:
         raise DataError("no images to evaluate; check the data folder and --limit-test")
     labels = labels.cpu()
     logits = _logits(model, batch)
     plain = _evaluation(*_rank(logits)[1:], labels, model.classes)
+    plain = dataclasses.replace(plain, calibration=calibration(logits, labels))
     if not tta:
         return plain
     flipped = _logits(model, batch.flip(-1))
     with_tta = _evaluation(*_rank(logits, flipped)[1:], labels, model.classes)
+    with_tta = dataclasses.replace(with_tta, calibration=calibration(logits, labels, flipped))
     return dataclasses.replace(plain, tta=with_tta)
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..config import PATH_FIELDS, TrainConfig
 from ..runtime import Runtime
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
 
 SIDE = 32  # CIFAR-10 images are SIDE x SIDE pixels
 
@@ -76,6 +79,7 @@ class Evaluation:
     acc: float  # fraction in [0, 1]
     confusion: torch.Tensor  # (C, C) int64: row = true class, column = predicted class
     tta: Evaluation | None = None  # the same figures with flip TTA, when asked for
+    calibration: Calibration | None = None  # ECE, NLL, Brier (``calibration``)
 
     @property
     def n(self) -> int:
