@@ -37,6 +37,7 @@ test-slow: $(STAMP)
 .PHONY: docs
 docs: $(STAMP)
 	$(BIN)/python benchmarks/results_table.py --write
+	$(BIN)/python benchmarks/screen_table.py --write
 	$(BIN)/python benchmarks/accuracy_vs_time.py
 	$(BIN)/python benchmarks/reference_docs.py --write
 

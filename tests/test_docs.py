@@ -23,6 +23,7 @@ sys.path.insert(0, str(BENCHMARKS))  # as when a script runs: its folder is on t
 import generated  # noqa: E402
 import reference_docs  # noqa: E402
 import results_table  # noqa: E402
+import screen_table  # noqa: E402
 
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
@@ -77,6 +78,29 @@ def test_the_readme_says_what_it_is_and_how_to_start_in_its_first_screen():
 def test_the_results_table_is_what_the_headline_files_give():
     paths = [RESULTS / name for name in results_table.HEADLINE]
     assert generated.block(README.read_text(), results_table.BLOCK) == results_table.table(paths)
+
+
+def test_the_screen_table_is_what_its_files_give():
+    steps = [(step, RESULTS / name) for step, name in screen_table.SCREEN]
+    doc = (ROOT / "docs" / "results.md").read_text()
+    assert generated.block(doc, screen_table.BLOCK) == screen_table.table(steps), "make docs"
+
+
+def test_the_screen_table_compares_each_step_with_the_one_before(tmp_path):
+    def result(name, accs, ttas):
+        runs = [
+            {"epochs": [{"seconds": 10.0}] * 3, "config": {"recipe": "page", "seed": i},
+             "final": {"test_acc": a, "test_acc_tta": t}}
+            for i, (a, t) in enumerate(zip(accs, ttas, strict=True))
+        ]  # fmt: skip
+        (tmp_path / name).write_text(json.dumps({"name": name, "runs": runs}))
+        return tmp_path / name
+
+    first = result("a.json", [0.80, 0.81], [0.82, 0.83])
+    second = result("b.json", [0.83, 0.82], [0.84, 0.84])
+    lines = screen_table.table([("base", first), ("+ trick", second)]).splitlines()
+    assert "| 80.50% (spread 1.00) | 82.50% |  |" in lines[2]
+    assert "| 82.50% (spread 1.00) | 84.00% | +2.00 (+1.50) |" in lines[3]
 
 
 def test_the_figure_was_drawn_from_the_headline_files_as_they_are():
