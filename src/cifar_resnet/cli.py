@@ -246,6 +246,44 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .inference.predict import load_model
+    from .insight.demo_app import build_page, require_gradio, serve
+
+    require_gradio()  # before the model loads: without the extra, one line naming it
+    model = load_model(args.model, device=args.device)
+    page = build_page(model, _demo_strip(args, model), name=str(args.model))
+    url = serve(page, host=args.host, port=args.port)
+    try:
+        print(f"demo of {args.model} on {model.runtime.describe()} at {url} (Ctrl+C stops it)",
+              flush=True)  # fmt: skip
+        while True:
+            time.sleep(3600)
+    finally:
+        page.close()
+
+
+def _demo_strip(args: argparse.Namespace, model: Any) -> Any:
+    """The demo's test images: from --data-dir, else the data the run trained on; none for
+    an exported folder (it keeps no local paths) or when the run's data cannot be read."""
+    from . import runs
+    from .inference.hub import is_model_folder
+    from .inference.predict import select_test_split
+    from .insight.demo import make_strip
+
+    if args.data_dir is None and is_model_folder(args.model):
+        return None
+    try:
+        data = runs.run_data(model.config, args.data_dir, args.cache_dir)
+    except CifarResnetError as e:
+        if args.data_dir is not None:
+            raise
+        warnings.warn(f"no test images to click on: {oneline(e)} (--data-dir names a copy)",
+                      stacklevel=1)  # fmt: skip
+        return None
+    return make_strip(model, *select_test_split(model, data))
+
+
 # ---------------------------------------------------------------------------------------------
 # Argument types and the parser
 
@@ -337,6 +375,19 @@ def _add_model_commands(sub: Any) -> None:
                    "on the first N test images (default: as in training)")  # fmt: skip
     _option(p, "--quiet", "no progress bars")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("demo", help="a local web page: drop an image, see the top-5 classes and "
+                       "Grad-CAM (needs the demo extra)")  # fmt: skip
+    p.add_argument("model", metavar="MODEL", help=model)
+    p.add_argument("--port", type=typed_arg(whole(1, 65535), int, "a port number in [1, 65535]"),
+                   help="port to serve on (default: 7860, or the next free one)")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 serves "
+                   "other machines too (default: 127.0.0.1)")  # fmt: skip
+    _option(p, "--data-dir", "CIFAR-10 copy whose test images the page offers (default: the "
+            "run's; an exported folder's page has none without it)")  # fmt: skip
+    _option(p, "--cache-dir", "cache folder (default: the run's)")
+    _option(p, "--device", device)
+    p.set_defaults(func=_cmd_demo)
 
 
 def _add_insight_commands(sub: Any) -> None:
