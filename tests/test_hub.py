@@ -32,6 +32,7 @@ def test_safetensors_export_reloads_without_pickle_with_the_same_logits(trained,
     assert code == 0, err
     assert sorted(p.name for p in folder.iterdir()) == [
         "README.md",
+        "app.py",
         "config.json",
         "model.safetensors",
     ]
@@ -91,3 +92,28 @@ def test_safetensors_export_never_replaces_a_run_or_an_export_unasked(trained, t
     assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
     assert run_cli([*argv, "--force"], capsys)[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".hub")) == []
+
+
+def test_the_folders_app_py_builds_the_demo_page_of_its_model(trained, tmp_path, capsys):
+    import runpy
+
+    pytest.importorskip("gradio", reason="the demo extra is not installed")
+    from cifar_resnet import load_model, predict
+
+    folder = tmp_path / "hub"
+    assert run_cli(["export", "--checkpoint", str(trained), "--format", "safetensors",
+                    "--out", str(folder), "--quiet"], capsys)[0] == 0  # fmt: skip
+    assert "python app.py" in (folder / "README.md").read_text()
+    app = runpy.run_path(str(folder / "app.py"), run_name="app")  # not __main__: not served
+    page = app["demo"]
+    kinds = {type(block).__name__ for block in page.blocks.values()}
+    assert {"File", "Image", "Label"} <= kinds and "Gallery" not in kinds  # no data: no strip
+    # the page's classify runs the folder's model: same top class as predict on the folder
+    fn = next(fn for fn in page.fns.values() if fn.api_name == "classify").fn
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (48, 32), (30, 160, 40)).save(image)
+    _, view, cam, top, verdict = fn(str(image), False, "layer2")
+    assert next(iter(top)) == predict(load_model(folder), [image]).names[0]
+    assert view.shape == cam.shape == (256, 256, 3)

@@ -11,7 +11,9 @@
   ``precision`` it was evaluated in, the test accuracy, and the training config without
   local paths;
 - ``README.md``: a model card: data, recipe, test accuracy overall and per class
-  (measured on the test split at export, in the run's precision), intended use and limits.
+  (measured on the test split at export, in the run's precision), intended use and limits;
+- ``app.py``: the demo page of the folder's model (``cifar-resnet demo``'s, without test
+  images), so the folder can run as a Gradio Space; it needs ``cifar-resnet[demo]``.
 
 ``load_model(FOLDER)`` (and ``predict``/``evaluate --checkpoint FOLDER``) read it back. The
 folder is written under a temporary name next to ``FOLDER`` and renamed into place once
@@ -39,6 +41,7 @@ from .types import SIDE, Evaluation, TrainedModel
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "README.md"
+APP = "app.py"
 MODEL_TYPE = "cifar-resnet/custom-resnet9"
 TOLERANCE = 1e-6  # largest |logit| difference (fp32) accepted between reloaded and exported
 
@@ -161,6 +164,13 @@ print(predict(model, ["cat.png"]).top_k(3))
 Without the package, `safetensors.torch.load_file("model.safetensors")` gives the weights
 (no pickle); the network is `CustomResNet` with `model_options` from `config.json`.
 
+## Demo
+
+`python app.py` serves a page where an image dropped in is classified (top 5 classes, with
+or without flip TTA) and the Grad-CAM map of the top class is drawn over it; it needs
+`pip install 'cifar-resnet[demo]'`. As a Gradio Space, this folder needs `sdk: gradio` in
+the header above and a `requirements.txt` that installs `cifar-resnet[demo]`.
+
 ## Intended use and limits
 
 For learning, teaching and benchmarking: classifying small natural images into the ten
@@ -170,6 +180,24 @@ brought to 32x32, other subjects, drawings, noise) get confident but meaningless
 Accuracy differs by class (table above) and drops under distribution shift (e.g.
 CIFAR-10.1 or corrupted images), which was not measured here.
 """
+
+
+APP_SOURCE = '''"""The demo page of this model: drop an image, see the top-5 classes and Grad-CAM.
+
+Run `python app.py` and open the URL it prints; a Gradio Space runs it as it is. It needs
+the package with its demo extra: pip install 'cifar-resnet[demo]'.
+"""
+
+from pathlib import Path
+
+from cifar_resnet.inference.predict import load_model
+from cifar_resnet.insight.demo_app import build_page, serve
+
+demo = build_page(load_model(Path(__file__).resolve().parent), name="this model")
+
+if __name__ == "__main__":
+    serve(demo, block=True)
+'''
 
 
 def folder_version() -> str:
@@ -213,6 +241,7 @@ def export_folder(
         blob, card = files.json_bytes(config), model_card(model, evaluation, data_source).encode()
         files.atomic_write(tmp / CONFIG, lambda f: f.write(blob))
         files.atomic_write(tmp / CARD, lambda f: f.write(card))
+        files.atomic_write(tmp / APP, lambda f: f.write(APP_SOURCE.encode()))
         diff = _check(model, load_file(str(tmp / WEIGHTS)), config)
         if not diff <= TOLERANCE:
             raise CifarResnetError(f"the reloaded weights differ in the logits by {diff:.2e}")
