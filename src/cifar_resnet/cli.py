@@ -337,7 +337,9 @@ def _add_model_commands(sub: Any) -> None:
     model = (f"a checkpoint .pt file, a run folder (uses {CHECKPOINT}) or an exported "
              "safetensors folder")  # fmt: skip
     device = f"{DEVICE_FORMS} (default: cpu)"
-    p = sub.add_parser("evaluate", help="test accuracy, loss, per-class accuracy, confusion, calibration")
+    p = sub.add_parser(
+        "evaluate", help="test accuracy, loss, per-class accuracy, confusion, calibration"
+    )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help=model)
     _option(p, "--data-dir", "CIFAR-10 copy (default: the one the model trained on)")
     _option(p, "--cache-dir", "cache folder (default: the training run's)")
