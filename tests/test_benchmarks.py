@@ -386,3 +386,27 @@ def test_trick_cost_times_each_trick_against_page_and_records_it(tmp_path, capsy
     with pytest.raises(SystemExit) as stop:
         _script("trick_cost").main(["--data-dir", str(data_dir), "--images", "100"])
     assert stop.value.code == 2
+
+
+def test_calibration_bench_records_what_evaluate_measures(tiny_run, tmp_path, capsys):
+    from cifar_resnet.data.load import load_cifar10
+    from cifar_resnet.inference.predict import evaluate_model, load_model, select_test_split
+
+    result = _script("calibration_bench").main(
+        [str(tiny_run), "--name", "tiny", "--results-dir", str(tmp_path / "results")]
+    )
+    assert _only_file(tmp_path / "results") == result
+    (run,) = result["runs"]
+    model = load_model(tiny_run)
+    data = load_cifar10(model.config.data_dir, model.config.cache_dir)
+    evaluation = evaluate_model(model, *select_test_split(model, data, model.config.limit_test),
+                                tta=True)  # fmt: skip
+    assert run["plain"]["acc"] == evaluation.acc and run["tta"]["acc"] == evaluation.tta.acc
+    assert run["plain"]["ece"] == pytest.approx(evaluation.calibration.ece)
+    assert run["tta"]["brier"] == pytest.approx(evaluation.tta.calibration.brier)
+    assert run["settings"]["label_smoothing"] == model.config.label_smoothing
+    assert sum(b["count"] for b in run["bins"]) == run["plain"]["n"]
+    assert "recorded in" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        _script("calibration_bench").main([str(tmp_path / "nowhere"), "--name", "x"])
+    assert stop.value.code == 2
