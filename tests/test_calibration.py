@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import math
 
@@ -153,12 +152,12 @@ def test_evaluate_model_scores_the_calibration_of_the_predictions_it_reports(tin
     data = load_cifar10(model.config.data_dir, model.config.cache_dir)
     images, labels = select_test_split(model, data, model.config.limit_test)
     evaluation = evaluate_model(model, images, labels, tta=True)
-    result = dataclasses.replace(evaluation.calibration, tta=evaluation.tta.calibration)
-    assert result.tta is not None and result.n == result.tta.n == 150
-    assert result.acc == evaluation.acc and result.tta.acc == evaluation.tta.acc
+    result, tta = evaluation.calibration, evaluation.tta.calibration
+    assert tta is not None and result.n == tta.n == 150
+    assert result.acc == evaluation.acc and tta.acc == evaluation.tta.acc
     assert result.nll == pytest.approx(evaluation.loss, rel=1e-5)
-    assert result.tta.nll == pytest.approx(evaluation.tta.loss, rel=1e-5)
-    assert result.tta.nll != result.nll
+    assert tta.nll == pytest.approx(evaluation.tta.loss, rel=1e-5)
+    assert tta.nll != result.nll
     assert evaluate_model(model, images, labels).tta is None
 
 

@@ -8,7 +8,6 @@ line and exit 2, with no traceback; an unexpected one prints one line and exits 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
@@ -162,14 +161,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, device=args.device)
     data, images, labels, limit = _test_split(args, model, args.quiet or args.json)
     result = evaluate_model(model, images, labels, tta=args.tta)
-    calibration = result.calibration
-    if result.tta is not None:
-        calibration = dataclasses.replace(calibration, tta=result.tta.calibration)
+    tta = None if result.tta is None else result.tta.calibration
     if args.json:
         record = evaluation_record(model, result, data.source, limit, args.checkpoint)
-        record["calibration"] = calibration.to_dict()
-        if calibration.tta is not None:
-            record["tta"]["calibration"] = calibration.tta.to_dict()
+        record["calibration"] = result.calibration.to_dict()
+        if tta is not None:
+            record["tta"]["calibration"] = tta.to_dict()
         print(json.dumps(record, indent=2))
         return 0
     recorded, config = model.recorded_test_acc, model.config
@@ -181,7 +178,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"data {data.source}, test split" + (f", first {limit:,} images" if limit else ""))
     print(evaluation_table(result))
     print()
-    print(calibration_table(calibration))
+    print(calibration_table(result.calibration, tta))
     return 0
 
 

@@ -51,7 +51,6 @@ class Calibration:
     counts: torch.Tensor  # (B,) int64: images whose confidence falls in each bin
     bin_confidence: torch.Tensor  # (B,) float64 mean confidence per bin, NaN where empty
     bin_acc: torch.Tensor  # (B,) float64 fraction right per bin, NaN where empty
-    tta: Calibration | None = None  # the same figures with flip TTA, when asked for
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (empty bins' means are null): the figures and one entry per bin."""
@@ -123,10 +122,10 @@ def calibration(
     )
 
 
-def calibration_table(result: Calibration) -> str:
+def calibration_table(result: Calibration, tta: Calibration | None = None) -> str:
     """The figures as aligned plain text: one row for the plain prediction, one with TTA."""
     rows = [("", "accuracy", "confidence", "ECE", "NLL", "Brier")]
-    for label, c in (("plain", result), ("flip TTA", result.tta)):
+    for label, c in (("plain", result), ("flip TTA", tta)):
         if c is not None:
             figures = (f"{c.acc:.2%}", f"{c.confidence:.2%}", f"{c.ece:.2%}", f"{c.nll:.4f}")
             rows.append((label, *figures, f"{c.brier:.4f}"))
