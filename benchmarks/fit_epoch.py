@@ -18,6 +18,7 @@ from cifar_resnet.runtime import Runtime
 from cifar_resnet.training.epoch import Callbacks, EpochResult, EpochState, StepMonitor
 from cifar_resnet.training.fit import train_step
 from cifar_resnet.training.profiling import PhaseTimer
+from cifar_resnet.training.setup import update_ema
 
 
 def train_epoch(
@@ -43,8 +44,7 @@ def train_epoch(
         lr = optimizer.param_groups[0]["lr"]
         loss, logits = train_step(net, criterion, optimizer, (x, y), runtime, lap=monitor.lap)
         scheduler.step()
-        if ema is not None and (scheduler.last_epoch - 1) % config.ema_every == 0:
-            ema.update_parameters(net)
+        update_ema(ema, net, scheduler.last_epoch, config.ema_every)
         monitor.lap("optimizer")
         monitor.stepped(lr, loss, logits, y)
     return monitor.result()

@@ -39,6 +39,7 @@ from cifar_resnet.training.setup import (
     build_model,
     build_optimizer,
     build_scheduler,
+    fit_whitening,
 )
 
 # Each variant: a recipe and the settings changed from it.
@@ -88,9 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.manual_seed(0)
         model = runtime.place(build_model(config))
         if config.whiten:
-            from cifar_resnet.data.augment import normalize
-
-            model.fit_whitening(normalize(split.images, split.mean, split.std))
+            fit_whitening(model, split)
         opt = build_optimizer(model, config, runtime)
         epoch = EpochLength.of(len(split), config.batch_size, config.drop_last)
         config = config.replace(min_lr=config.min_lr if config.min_lr is not None else 0.0)

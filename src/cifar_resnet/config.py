@@ -415,11 +415,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--peak-epoch ({self.peak_epoch}) must not exceed --epochs ({self.epochs}){held}"
             )
-        if self.ghost_batch and self.norm != "batch":
-            raise ConfigError(
-                f"--ghost-batch splits BatchNorm's batch; --norm {self.norm} has no batch "
-                "statistics (give --norm batch or --ghost-batch 0)"
-            )
+        check_ghost_batch(self.ghost_batch, self.norm)
         if self.ghost_batch and self.sync_bn:
             raise ConfigError(
                 "--sync-bn takes BatchNorm's statistics over every GPU's batch and "
@@ -474,6 +470,16 @@ def check_sweep(start_lr: float, end_lr: float, num_iter: int, rule: str) -> Non
     if num_iter < 10:
         raise ConfigError(f"--finder-num-iter must be at least 10 steps, got {num_iter}")
     check_finder_rule(rule)
+
+
+def check_ghost_batch(ghost_batch: int, norm: str) -> None:
+    """ConfigError unless ``--ghost-batch`` goes with a norm that has batch statistics: by
+    ``TrainConfig`` and by ``CustomResNet`` built by hand."""
+    if ghost_batch and norm != "batch":
+        raise ConfigError(
+            f"--ghost-batch splits BatchNorm's batch; --norm {norm} has no batch statistics "
+            "(give --norm batch or --ghost-batch 0)"
+        )
 
 
 def check_finder_rule(rule: str) -> None:

@@ -57,6 +57,7 @@ from ..config import (
     LOGIT_SCALE_BOUNDS,
     NORMS,
     WIDTH_BOUNDS,
+    check_ghost_batch,
 )
 from ..errors import CheckpointError, ConfigError, check_range, oneline
 from .cpu_conv import Conv3x3
@@ -79,11 +80,7 @@ def check_options(
     check_range("--logit-scale", logit_scale, LOGIT_SCALE_BOUNDS)
     check_range("--celu-alpha", celu_alpha, CELU_ALPHA_BOUNDS)
     check_range("--ghost-batch", ghost_batch, GHOST_BATCH_BOUNDS)
-    if ghost_batch and norm != "batch":
-        raise ConfigError(
-            f"--ghost-batch splits BatchNorm's batch; --norm {norm} has no batch statistics "
-            "(give --norm batch or --ghost-batch 0)"
-        )
+    check_ghost_batch(ghost_batch, norm)
 
 
 def _activation(kind: str, celu_alpha: float) -> nn.Module:

@@ -66,6 +66,7 @@ from .setup import (
     build_ema,
     build_scheduler,
     setup_training,
+    update_ema,
     wrap,
 )
 
@@ -108,12 +109,6 @@ class Training:
     def evaluated(self) -> nn.Module:
         """The weights evaluated, reported and saved as the model: the EMA's when there is one."""
         return self.setup.model if self.ema is None else self.ema.module
-
-    def update_ema(self) -> None:
-        """After a step and its schedule step: the EMA's update, every ``ema_every`` steps
-        from the first (the schedule counts the steps, resumed runs included)."""
-        if self.ema is not None and (self.scheduler.last_epoch - 1) % self.config.ema_every == 0:
-            self.ema.update_parameters(self.setup.model)
 
     def add(self, metrics: EpochMetrics, result: EpochResult) -> None:
         """A finished epoch."""
@@ -211,7 +206,7 @@ def fit(
                             scaler=t.scaler, lap=monitor.lap,
                         )  # fmt: skip
                         t.scheduler.step()  # last_epoch: the steps taken, this one included
-                        t.update_ema()
+                        update_ema(t.ema, s.model, t.scheduler.last_epoch, config.ema_every)
                         monitor.lap("optimizer")
                         monitor.stepped(lr, loss, logits, y)
                     try:

@@ -131,6 +131,19 @@ def ema_update(
     return update
 
 
+def update_ema(ema: AveragedModel | None, model: nn.Module, steps_taken: int, every: int) -> None:
+    """After a step (``steps_taken`` counts it): the EMA's update, every ``every`` steps from
+    the first. ``fit`` counts the steps by its schedule, so a resumed run keeps the rhythm."""
+    if ema is not None and (steps_taken - 1) % every == 0:
+        ema.update_parameters(model)
+
+
+def fit_whitening(model: CustomResNet, train: Split) -> None:
+    """Set the whitening layer (``--whiten``) from the first ``WHITENING_IMAGES`` training
+    images, normalised as the network sees them."""
+    model.fit_whitening(normalize(train.images[:WHITENING_IMAGES], train.mean, train.std))
+
+
 def build_ema(model: nn.Module, config: TrainConfig) -> AveragedModel | None:
     """The EMA of ``model``'s weights and BatchNorm buffers, with ``config.ema_decay``
     (``fit`` updates it every ``config.ema_every`` steps).
@@ -187,7 +200,7 @@ def setup_training(
     torch.manual_seed(config.seed)
     model = runtime.place(build_model(config, len(data.classes)))
     if config.whiten:
-        model.fit_whitening(normalize(train.images[:WHITENING_IMAGES], train.mean, train.std))
+        fit_whitening(model, train)
     optimizer = build_optimizer(model, config, runtime)
     generator = torch.Generator(device=runtime.device).manual_seed(config.seed)
     return Setup(runtime, data, train, test, epoch, model, optimizer, generator)
