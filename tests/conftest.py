@@ -13,6 +13,15 @@ from helpers import TINY_RUN, Served, make_synthetic, write_pickles
 from cifar_resnet.data.load import Cifar10
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory):
+    """What caches into the default folder (no --cache-dir) caches into one of the test
+    session's, not the user's ~/.cache/cifar_resnet; subprocesses inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIFAR_RESNET_CACHE", str(tmp_path_factory.mktemp("default-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def synthetic() -> Cifar10:
     return make_synthetic()

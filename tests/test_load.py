@@ -214,6 +214,29 @@ def test_cache_is_used_on_second_call(
     assert "cached" in second.source
 
 
+def test_two_loads_of_one_archive_at_once_do_not_share_the_unpacked_files(
+    tmp_path: Path, expected: Expected, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two runs started together on one archive both miss the array cache and unpack it. The
+    # first to finish removes what it unpacked; the other must still be reading its own copy.
+    source = write_tgz(write_tree(tmp_path / "tree", expected), tmp_path / "tree.tar.gz")
+    cache = tmp_path / "cache"
+    decode = data_formats._decode
+    folders: list[Path] = []
+
+    def another_load_runs_first(kind: str, folder: Path, progress: bool):
+        folders.append(folder)
+        if len(folders) == 1:  # this load has unpacked; another does all its work meanwhile
+            assert_matches(load_cifar10(source, cache, progress=False), expected, "other")
+            assert folder.is_dir(), "the other load removed the files this one is reading"
+        return decode(kind, folder, progress)
+
+    monkeypatch.setattr(data_formats, "_decode", another_load_runs_first)
+    assert_matches(load_cifar10(source, cache, progress=False), expected, "first")
+    assert len(folders) == 2 and len({f.parts[len(cache.parts)] for f in folders}) == 2
+    assert not list(cache.glob("extract-*"))
+
+
 def test_cache_is_rebuilt_when_a_file_changes(tmp_path: Path, expected: Expected) -> None:
     tree = write_tree(tmp_path / "tree", expected)
     cache = tmp_path / "cache"

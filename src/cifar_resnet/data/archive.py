@@ -3,9 +3,10 @@
 Owns everything between the archive and a plain folder: members are checked before they are
 written (no absolute path, no ``..``; Python's ``data`` filter, where it exists, also refuses
 links that point outside, and without it only files and folders are unpacked), they land in a
-staging folder named after this process that replaces the target in one rename, and staging
-folders that a killed process left behind are removed. A full or read-only disk is told apart
-from a damaged archive, so that the message says which of the two to fix.
+folder of this process's own, which no other process reads or removes (two runs that unpack
+the same archive at once each read their own copy, and the first to finish cannot delete the
+other's), and the folders that a killed process left behind are removed. A full or read-only
+disk is told apart from a damaged archive, so that the message says which of the two to fix.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ _FILTER_ERRORS: tuple[type[Exception], ...] = (
 
 
 def _extract(archive: Path, target: Path, progress: bool) -> Path:
-    """Unpack archive into target (once), refusing members that would land outside it."""
-    if target.is_dir():
-        return target
+    """Unpack archive into a new folder ``<target>.partial-<pid>-*`` of this process's own,
+    refusing members that would land outside it; the caller removes the folder when done."""
     _remove_stale_partials(target)
-    staging = _make_temp_dir(target.parent, f"{target.name}.partial-{os.getpid()}-")
+    folder = _make_temp_dir(target.parent, f"{target.name}.partial-{os.getpid()}-")
     try:
         with (
             tarfile.open(archive, "r:gz") as tar,
@@ -43,18 +43,18 @@ def _extract(archive: Path, target: Path, progress: bool) -> Path:
             for member in tar:
                 _check_member(archive, member)
                 if hasattr(tarfile, "data_filter"):
-                    tar.extract(member, staging, filter="data")
+                    tar.extract(member, folder, filter="data")
                 elif member.isfile() or member.isdir():
-                    tar.extract(member, staging)
+                    tar.extract(member, folder)
                 bar.update(1)
     except _FILTER_ERRORS as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         raise DataError(
             f"{archive} holds an unsafe member ({oneline(exc)}): refusing to unpack it; "
             f"unpack a trusted copy yourself and pass the folder"
         ) from exc
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         if _disk_problem(exc):
             raise DataError(
                 f"cannot unpack {archive} into {target.parent} ({oneline(exc)}): free space "
@@ -65,22 +65,15 @@ def _extract(archive: Path, target: Path, progress: bool) -> Path:
             f".tar.gz; get a fresh copy"
         ) from exc
     except (tarfile.TarError, EOFError, zlib.error) as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         raise DataError(
             f"cannot unpack {archive} ({oneline(exc)}): the archive is damaged or not a "
             f".tar.gz; get a fresh copy"
         ) from exc
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         raise
-    try:
-        os.replace(staging, target)
-    except OSError:
-        # Another process finished first: keep its copy.
-        shutil.rmtree(staging, ignore_errors=True)
-        if not target.is_dir():
-            raise
-    return target
+    return folder
 
 
 def _disk_problem(exc: BaseException) -> bool:
