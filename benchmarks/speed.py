@@ -23,6 +23,12 @@ Paths, all on the same model, optimizer, batch size and images:
 (d) the same baseline with ``torch.autocast(dtype=torch.bfloat16)`` around forward
     and loss: what a knowledgeable user would try first.
 
+On a CPU without bf16 units (no AMX-BF16, no AVX512-BF16) bf16 is emulated, one to two
+orders of magnitude slower than fp32 (a warm-up epoch of 1,024 images at width 1.0 took
+848 s on an AVX2-only EPYC against 25 s in fp32), so ``--bf16-paths auto`` leaves out
+the two bf16 paths and the bf16 matrix multiply there and records why; ``on`` times them
+anyway, ``off`` never.
+
 ``--extras`` adds, on the CPU, (a) in NCHW, (a) with glibc's default malloc
 instead of ``keep_freed_memory``, (a) with torch's fused Adam, and (a) with the model
 under ``torch.compile`` (compiled during its untimed warm-up epoch; ``cpu_conv``'s
@@ -35,7 +41,8 @@ of the convolutions and the Linear layer, counted from the model: 2.28 GFLOP per
 image at width 1.0) as a fraction of (i) the AMX-BF16 peak, 1,024 bf16 FLOP per
 cycle per core at the clock /proc/cpuinfo reports, when the CPU has AMX, and (ii)
 the bf16 and fp32 rates of a large matrix multiply measured in the same run, which
-is what this machine's kernels reach whatever its instruction set.
+is what this machine's kernels reach whatever its instruction set (the bf16 one only
+where the bf16 paths are timed).
 
 Prints the table and records it in
 ``benchmarks/results/<date>-<device>-speed-w<width>.json``.
@@ -80,6 +87,7 @@ from cifar_resnet.training.setup import (
 BASELINE = "baseline (DataLoader, per-image transforms, fp32)"
 BASELINE_BF16 = "baseline + bf16 autocast"
 ONEDNN_ONLY = "cifar-resnet (bf16, oneDNN convolutions)"
+NO_BF16 = "this CPU has no bf16 units (AMX-BF16 or AVX512-BF16), so bf16 is emulated"
 AMX_FLOP_PER_CYCLE = 1024  # bf16, per core (Intel AMX: TMUL 16x32 bf16 x 32x16 per cycle)
 
 
@@ -180,7 +188,15 @@ def _cpu_ghz() -> float | None:
     return None
 
 
-def _hardware(device: torch.device, matmul_size: int) -> dict:
+def bf16_paths(choice: str, device: torch.device) -> bool:
+    """Whether to time the bf16 paths: ``on``, ``off``, or ``auto`` (where the device has
+    bf16 units: every GPU path, and CPUs with AMX-BF16 or AVX512-BF16)."""
+    if choice != "auto":
+        return choice == "on"
+    return device.type != "cpu" or cpu_has_bf16()
+
+
+def _hardware(device: torch.device, matmul_size: int, bf16: bool = True) -> dict:
     """The ceilings each path is measured against (see the module docstring)."""
     amx = device.type == "cpu" and cpu_has_amx()
     ghz, cores = _cpu_ghz(), torch.get_num_threads()
@@ -193,7 +209,7 @@ def _hardware(device: torch.device, matmul_size: int) -> dict:
         "bf16_probe_gain": cpu_bf16_gain() if device.type == "cpu" and cpu_has_bf16() else None,
         "amx_peak_flops": AMX_FLOP_PER_CYCLE * cores * ghz * 1e9 if amx and ghz else None,
         "matmul_size": matmul_size,
-        "matmul_bf16_flops": _matmul_flops(torch.bfloat16, device, matmul_size),
+        "matmul_bf16_flops": _matmul_flops(torch.bfloat16, device, matmul_size) if bf16 else None,
         "matmul_fp32_flops": _matmul_flops(torch.float32, device, matmul_size),
     }
 
@@ -232,6 +248,11 @@ def main(argv: list[str] | None = None) -> dict:
         help="also NCHW, default malloc, fused Adam and torch.compile",
     )  # fmt: skip
     parser.add_argument("--matmul-size", type=int, default=4096, help="side of the matmul timed")
+    parser.add_argument(
+        "--bf16-paths", choices=("auto", "on", "off"), default="auto",
+        help="time the bf16 paths: auto = where the device has bf16 units (GPUs; CPUs with "
+        "AMX-BF16 or AVX512-BF16), on, off",
+    )  # fmt: skip
     parser.add_argument("--results-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
 
@@ -260,11 +281,13 @@ def main(argv: list[str] | None = None) -> dict:
         epoch = EpochLength.of(args.images, config.batch_size, config.drop_last)
         return net, opt, build_scheduler(opt, config, epoch)
 
+    bf16 = bf16_paths(args.bf16_paths, dev)
     other = "fp32" if default.precision == "bf16" else "bf16"  # what "auto" did not choose
     ours = {f"cifar-resnet (default: {default.precision})": _Variant(default)}
     if on_cpu and default.precision == "bf16":
         ours[ONEDNN_ONLY] = _Variant(default, gemm=False)
-    ours[f"cifar-resnet ({other})"] = _Variant(resolve_runtime(args.device, other))
+    if other == "fp32" or bf16:
+        ours[f"cifar-resnet ({other})"] = _Variant(resolve_runtime(args.device, other))
     if args.extras and on_cpu:
         p = default.precision
         ours[f"cifar-resnet ({p}, NCHW)"] = _Variant(
@@ -289,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
         num_workers=args.workers, pin_memory=dev.type == "cuda",
     )  # fmt: skip
     steps = -(-args.images // args.batch_size) * config.epochs
-    for name, bf16 in ((BASELINE, False), (BASELINE_BF16, True)):
+    baselines = [(BASELINE, False)] + ([(BASELINE_BF16, True)] if bf16 else [])
+    for name, autocast in baselines:
         torch.manual_seed(0)
         model = build_model(config).to(dev)  # NCHW
         opt = torch.optim.Adam(model.parameters(), lr=2e-3)  # plain, not fused
@@ -298,7 +322,8 @@ def main(argv: list[str] | None = None) -> dict:
             anneal_strategy="linear", div_factor=10, final_div_factor=1, cycle_momentum=False,
         )  # fmt: skip
         paths[name] = {
-            "baseline": (model, opt, sched, bf16), "keep": False, "gemm": False, "seconds": []
+            "baseline": (model, opt, sched, autocast), "keep": False, "gemm": False,
+            "seconds": [],
         }  # fmt: skip
 
     for rnd in range(args.rounds + 1):  # one untimed warm-up epoch each, then alternate
@@ -310,15 +335,15 @@ def main(argv: list[str] | None = None) -> dict:
                     (net, opt, sched), runtime, gen = entry["run"]
                     seconds = _ours(net, opt, sched, config, runtime, split, gen)
                 else:
-                    model, opt, sched, bf16 = entry["baseline"]
-                    seconds = _baseline_epoch(model, opt, sched, loader, dev, bf16)
+                    model, opt, sched, autocast = entry["baseline"]
+                    seconds = _baseline_epoch(model, opt, sched, loader, dev, autocast)
             if rnd > 0:
                 entry["seconds"].append(seconds)
             print(f"round {rnd} {name}: {seconds:.2f} s" + (" (warm-up)" if rnd == 0 else ""))
     if on_cpu:
         keep_freed_memory(True)
 
-    hardware = _hardware(dev, args.matmul_size)
+    hardware = _hardware(dev, args.matmul_size, bf16)
     flop = training_flop_per_image(build_model(config).to(dev))
     rows = {}
     for name, entry in paths.items():
@@ -332,13 +357,14 @@ def main(argv: list[str] | None = None) -> dict:
             "fraction_of_amx_peak": rate / hardware["amx_peak_flops"]
             if hardware["amx_peak_flops"]
             else None,
-            "fraction_of_matmul_bf16": rate / hardware["matmul_bf16_flops"],
+            "fraction_of_matmul_bf16": rate / hardware["matmul_bf16_flops"] if bf16 else None,
+            "fraction_of_matmul_fp32": rate / hardware["matmul_fp32_flops"],
         }
     base = rows[BASELINE]["images_per_second"]
-    base_bf16 = rows[BASELINE_BF16]["images_per_second"]
+    base_bf16 = rows[BASELINE_BF16]["images_per_second"] if bf16 else None
     for row in rows.values():
         row["ratio_vs_baseline"] = row["images_per_second"] / base
-        row["ratio_vs_baseline_bf16"] = row["images_per_second"] / base_bf16
+        row["ratio_vs_baseline_bf16"] = row["images_per_second"] / base_bf16 if bf16 else None
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "device": default.describe(),
@@ -350,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
         "images_per_epoch": args.images,
         "timed_epochs": args.rounds,
         "baseline_workers": args.workers,
+        "bf16_paths": bf16 or f"left out: {NO_BF16}",
         "train_flop_per_image": flop,
         "hardware": hardware,
         "paths": rows,
@@ -363,23 +390,34 @@ def main(argv: list[str] | None = None) -> dict:
 def _print_table(result: dict) -> None:
     hw = result["hardware"]
     peak = hw["amx_peak_flops"]
+    mm_bf16 = hw["matmul_bf16_flops"]
     print(
         f"\n{result['train_flop_per_image'] / 1e9:.2f} GFLOP per training image; "
-        f"matmul bf16 {hw['matmul_bf16_flops'] / 1e12:.2f} TFLOP/s, "
-        f"fp32 {hw['matmul_fp32_flops'] / 1e12:.2f} TFLOP/s; "
+        + (f"matmul bf16 {mm_bf16 / 1e12:.2f} TFLOP/s, " if mm_bf16 else "")
+        + f"matmul fp32 {hw['matmul_fp32_flops'] / 1e12:.2f} TFLOP/s; "
         + (f"AMX peak {peak / 1e12:.2f} TFLOP/s" if peak else "no AMX on this CPU")
     )
     print(
         f"{'path':44} {'images/s':>9} {'vs fp32 base':>13} {'vs bf16 base':>13} "
-        f"{'of AMX':>7} {'of matmul':>9}"
+        f"{'of AMX':>7} {'of bf16 mm':>10} {'of fp32 mm':>10}"
     )
+
+    def cell(value: float | None, fmt: str, width: int) -> str:
+        return f"{'-' if value is None else format(value, fmt):>{width}}"
+
+    def times(value: float | None) -> str:
+        return f"{'-' if value is None else f'{value:.2f}x':>13}"
+
     for name, row in result["paths"].items():
-        amx = row["fraction_of_amx_peak"]
         print(
-            f"{name:44} {row['images_per_second']:9.1f} {row['ratio_vs_baseline']:12.2f}x "
-            f"{row['ratio_vs_baseline_bf16']:12.2f}x "
-            f"{'-' if amx is None else f'{amx:.1%}':>7} {row['fraction_of_matmul_bf16']:9.1%}"
+            f"{name:44} {row['images_per_second']:9.1f} {times(row['ratio_vs_baseline'])} "
+            f"{times(row['ratio_vs_baseline_bf16'])} "
+            f"{cell(row['fraction_of_amx_peak'], '.1%', 7)} "
+            f"{cell(row['fraction_of_matmul_bf16'], '.1%', 10)} "
+            f"{row['fraction_of_matmul_fp32']:10.1%}"
         )
+    if result["bf16_paths"] is not True:
+        print(f"bf16 paths {result['bf16_paths']}; --bf16-paths on times them anyway")
 
 
 if __name__ == "__main__":

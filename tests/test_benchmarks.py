@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import TINY_RUN, make_synthetic, write_pickles
 from PIL import Image
 
@@ -34,42 +35,83 @@ def _only_file(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-@pytest.mark.slow
-def test_speed_times_every_path_and_records_the_ratios(data_dir, tmp_path):
+def _speed(data_dir: Path, tmp_path: Path, *extra: str) -> dict:
     result = _script("speed").main(
         ["--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--width", "0.25",
-         "--images", "200", "--rounds", "1", "--batch-size", "100", "--workers", "0",
-         "--device", "cpu", "--extras", "--matmul-size", "256",
-         "--results-dir", str(tmp_path / "results")]
+         "--rounds", "1", "--workers", "0", "--device", "cpu", "--matmul-size", "256",
+         "--results-dir", str(tmp_path / "results"), *extra]
     )  # fmt: skip
     assert _only_file(tmp_path / "results") == result
-    paths = result["paths"]
+    flop = result["train_flop_per_image"]
+    assert flop == pytest.approx(3 * 2 * 379.6e6 / 16, rel=0.02)  # width 0.25: 1/16 the MACs
+    hw, paths = result["hardware"], result["paths"]
+    base = paths["baseline (DataLoader, per-image transforms, fp32)"]["images_per_second"]
+    for row in paths.values():
+        (seconds,) = row["seconds_per_epoch"]
+        assert row["images_per_second"] == pytest.approx(result["images_per_epoch"] / seconds)
+        assert row["ratio_vs_baseline"] == pytest.approx(row["images_per_second"] / base)
+        assert row["train_flops"] == pytest.approx(row["images_per_second"] * flop)
+        assert row["fraction_of_matmul_fp32"] == pytest.approx(
+            row["train_flops"] / hw["matmul_fp32_flops"]
+        )
+        assert (row["fraction_of_amx_peak"] is None) == (hw["amx_peak_flops"] is None)
+    return result
+
+
+@pytest.mark.slow
+def test_speed_times_every_path_and_records_the_ratios(data_dir, tmp_path):
+    # the bf16 paths left out: bf16 is emulated, and slow, on CPUs without bf16 units
+    result = _speed(data_dir, tmp_path, "--images", "200", "--batch-size", "100", "--extras",
+                    "--bf16-paths", "off")  # fmt: skip
     precision = resolve_runtime("cpu").precision
-    assert set(paths) == {
+    expected = {
         f"cifar-resnet (default: {precision})",
-        "cifar-resnet (fp32)" if precision == "bf16" else "cifar-resnet (bf16)",
         f"cifar-resnet ({precision}, NCHW)",
         f"cifar-resnet ({precision}, default malloc)",
         f"cifar-resnet ({precision}, fused Adam)",
         f"cifar-resnet ({precision}, torch.compile)",
         "baseline (DataLoader, per-image transforms, fp32)",
-        "baseline + bf16 autocast",
-    } | ({"cifar-resnet (bf16, oneDNN convolutions)"} if precision == "bf16" else set())
-    base = paths["baseline (DataLoader, per-image transforms, fp32)"]["images_per_second"]
+    }
+    if precision == "bf16":  # auto chose bf16: the fp32 path is the one it did not choose
+        expected |= {"cifar-resnet (fp32)", "cifar-resnet (bf16, oneDNN convolutions)"}
+    assert set(result["paths"]) == expected
+    assert result["bf16_paths"].startswith("left out")
+    assert result["hardware"]["matmul_bf16_flops"] is None
+    for row in result["paths"].values():
+        assert row["ratio_vs_baseline_bf16"] is None and row["fraction_of_matmul_bf16"] is None
+
+
+@pytest.mark.slow
+def test_speed_times_the_bf16_paths_when_asked(data_dir, tmp_path):
+    result = _speed(data_dir, tmp_path, "--images", "200", "--batch-size", "100",
+                    "--bf16-paths", "on")  # fmt: skip
+    paths, hw = result["paths"], result["hardware"]
+    assert result["bf16_paths"] is True
+    precision = resolve_runtime("cpu").precision
+    other = "fp32" if precision == "bf16" else "bf16"
+    expected = {
+        f"cifar-resnet (default: {precision})", f"cifar-resnet ({other})",
+        "baseline (DataLoader, per-image transforms, fp32)", "baseline + bf16 autocast",
+    }  # fmt: skip
+    if precision == "bf16":
+        expected.add("cifar-resnet (bf16, oneDNN convolutions)")
+    assert set(paths) == expected
     base_bf16 = paths["baseline + bf16 autocast"]["images_per_second"]
-    flop = result["train_flop_per_image"]
-    assert flop == pytest.approx(3 * 2 * 379.6e6 / 16, rel=0.02)  # width 0.25: 1/16 the MACs
-    hw = result["hardware"]
     for row in paths.values():
-        (seconds,) = row["seconds_per_epoch"]
-        assert row["images_per_second"] == pytest.approx(200 / seconds)
-        assert row["ratio_vs_baseline"] == pytest.approx(row["images_per_second"] / base)
         assert row["ratio_vs_baseline_bf16"] == pytest.approx(row["images_per_second"] / base_bf16)
-        assert row["train_flops"] == pytest.approx(row["images_per_second"] * flop)
         assert row["fraction_of_matmul_bf16"] == pytest.approx(
             row["train_flops"] / hw["matmul_bf16_flops"]
         )
-        assert (row["fraction_of_amx_peak"] is None) == (hw["amx_peak_flops"] is None)
+
+
+def test_bf16_paths_are_timed_where_the_device_has_bf16_units(monkeypatch):
+    speed = _script("speed")
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for has in (True, False):
+        monkeypatch.setattr(speed, "cpu_has_bf16", lambda has=has: has)
+        assert speed.bf16_paths("auto", cpu) is has
+        assert speed.bf16_paths("auto", gpu) is True
+        assert speed.bf16_paths("on", cpu) is True and speed.bf16_paths("off", gpu) is False
 
 
 def test_profile_splits_an_epoch_into_phases_and_lists_operators(data_dir, tmp_path):
