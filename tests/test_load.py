@@ -8,6 +8,7 @@ import os
 import pickle
 import socket
 import tarfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from helpers import Served
 from PIL import Image
 
 from cifar_resnet.data import archive as data_archive
+from cifar_resnet.data import download as data_download
 from cifar_resnet.data import formats as data_formats
 from cifar_resnet.data import load as data
 from cifar_resnet.data.load import CLASSES, channel_stats, check_same_classes, load_cifar10
@@ -181,6 +183,47 @@ def test_download_is_not_repeated(tmp_path: Path, expected: Expected, http_root:
     again = load_cifar10(cache_dir=cache, url=url, md5=md5, progress=False)
     assert len(http_root.requests) == seen
     assert_matches(again, expected)
+
+
+def test_runs_that_need_the_download_at_once_download_it_once(
+    tmp_path: Path, expected: Expected, http_root: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torchrun's ranks on a first run: every process finds no copy, then they take turns, and
+    # the ones after the first find its verified copy instead of downloading and replacing it.
+    url, md5 = serve_fake_official(http_root, tmp_path, expected)
+    load_cifar10(cache_dir=tmp_path / "alone", url=url, md5=md5, progress=False)
+    one_download = len(http_root.requests)  # torchvision asks for redirects first
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    verified, first_look = data_download._verified, threading.Barrier(2, timeout=30)
+    looked: set[int] = set()
+
+    def both_look_before_either_downloads(*args: object) -> bool:
+        answer = verified(*args)
+        if threading.get_ident() not in looked:
+            looked.add(threading.get_ident())
+            first_look.wait()
+        return answer
+
+    monkeypatch.setattr(data_download, "_verified", both_look_before_either_downloads)
+    results: list[object] = [None, None]
+
+    def load(i: int) -> None:
+        try:
+            results[i] = load_cifar10(cache_dir=cache, url=url, md5=md5, progress=False)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread's assertions
+            results[i] = exc
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for result in results:
+        assert isinstance(result, data.Cifar10), result
+        assert_matches(result, expected)
+    assert len(http_root.requests) == 2 * one_download
+    assert not [p for p in cache.iterdir() if p.name.startswith("download-")]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,11 @@
 Owns the official URL and MD5 and the unpacked ``cifar-10-batches-py`` copy in the cache. The
 download goes through torchvision's ``download_and_extract_archive``, which verifies the MD5
 before unpacking; a stamp file beside the folder records what was verified, so later runs
-skip hashing 170 MB. Failures are told apart (no network, wrong MD5, damaged archive, full
-disk) so that the message says what to do.
+skip hashing 170 MB. Processes that need the download at once (torchrun's ranks on a first
+run, two runs started together) take turns under a lock file (``filelock``, which torch
+itself depends on): one downloads and unpacks, the others then find its verified copy, and
+no process replaces a copy another may be reading. Failures are told apart (no network,
+wrong MD5, damaged archive, full disk) so that the message says what to do.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import tarfile
 import urllib.error
 import zlib
 from pathlib import Path
+
+from filelock import FileLock
 
 from ..errors import DataError, oneline
 from .archive import _disk_problem, _make_temp_dir
@@ -35,23 +40,45 @@ _DOWNLOAD_ERRORS = (
 
 def _download(url: str, md5: str, cache: Path) -> Path:
     """Download and unpack the pickles archive into cache unless a verified copy is there."""
-    from torchvision.datasets.utils import download_and_extract_archive
-
     filename = os.path.basename(url.split("?", 1)[0]) or "cifar-10-python.tar.gz"
     archive = cache / filename
     target = cache / _PICKLE_DIR
     stamp = cache / f"{_PICKLE_DIR}.md5"
-    # The stamp records the MD5 and the size and mtime the archive had when it was verified and
-    # unpacked; while they still match, hashing 170 MB again on every run is skipped.
-    if target.is_dir() and archive.is_file() and _read_text(stamp) == _stamp(archive, md5):
+    if _verified(target, archive, stamp, md5):
         return target
+    lock = FileLock(cache / f"{_PICKLE_DIR}.lock")
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise DataError(_cache_unwritable(cache, exc)) from exc
+    try:
+        if not _verified(target, archive, stamp, md5):  # else another process got it meanwhile
+            _fetch(url, md5, cache, archive, target, stamp)
+    finally:
+        lock.release()
+    return target
+
+
+def _verified(target: Path, archive: Path, stamp: Path, md5: str) -> bool:
+    """Whether the unpacked folder is there and the stamp vouches for the archive as it is.
+
+    The stamp records the MD5 and the size and mtime the archive had when it was verified
+    and unpacked; while they still match, hashing 170 MB again on every run is skipped.
+    """
+    return target.is_dir() and archive.is_file() and _read_text(stamp) == _stamp(archive, md5)
+
+
+def _fetch(url: str, md5: str, cache: Path, archive: Path, target: Path, stamp: Path) -> None:
+    """Download (unless a verified archive is there), unpack and install; under the lock."""
+    from torchvision.datasets.utils import download_and_extract_archive
 
     staging = _make_temp_dir(cache, "download-")
     try:
         try:
             download_and_extract_archive(
-                url, download_root=str(cache), extract_root=str(staging), filename=filename, md5=md5
-            )
+                url, download_root=str(cache), extract_root=str(staging), filename=archive.name,
+                md5=md5,
+            )  # fmt: skip
         except _DOWNLOAD_ERRORS as exc:
             raise _download_error(exc, url, md5, cache, archive) from exc
         found = staging / _PICKLE_DIR
@@ -63,7 +90,6 @@ def _download(url: str, md5: str, cache: Path) -> Path:
         _install(found, target, stamp, archive, md5)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _download_error(exc: Exception, url: str, md5: str, cache: Path, archive: Path) -> DataError:
