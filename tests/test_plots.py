@@ -1,5 +1,6 @@
 import io
 
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -64,15 +65,36 @@ def test_class_distribution_bars_per_class_and_split():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train (645)", "test (200)"]
 
 
-def test_image_grid_one_axis_per_image_with_titles():
+def _grid_titles(fig: Figure) -> list[str]:
+    (ax,) = fig.axes
+    return [t.get_text() for t in ax.texts]
+
+
+def test_image_grid_tiles_the_images_in_order_each_under_its_title():
     images = _images(7)
-    titles = [f"img {i}" for i in range(7)]
-    fig = plot_image_grid(images, titles, ncols=4, title="grid")
-    assert len(fig.axes) == 8  # 2 rows of 4, the last cell empty
-    shown = _titled_axes(fig)
-    assert [ax.get_title() for ax in shown] == titles
-    assert (shown[0].get_images()[0].get_array() == images[0].permute(1, 2, 0).numpy()).all()
-    assert fig.get_suptitle() == "grid"
+    titles = [f"img {i}\nline 2" for i in range(7)]
+    fig = plot_image_grid(images, titles, ncols=4, title="grid", title_colors=["red"] * 7)
+    (ax,) = fig.axes  # one picture, not an Axes per image
+    (shown,) = ax.get_images()
+    canvas = np.asarray(shown.get_array())
+    assert _grid_titles(fig) == titles and fig.get_suptitle() == "grid"
+    assert all(t.get_color() == "red" for t in ax.texts)
+    tiles = []
+    for i, text in enumerate(ax.texts):
+        x, y = text.get_position()  # centred over its tile, just above it
+        top, left = round(y + 1.5), round(x + 0.5 - 16)
+        tile = canvas[top : top + 32, left : left + 32]
+        assert tile.tolist() == images[i].permute(1, 2, 0).tolist()
+        tiles.append((top, left))
+    assert len({top for top, _ in tiles}) == 2 and len({left for _, left in tiles}) == 4  # 2 x 4
+    top, left = tiles[4][0], tiles[3][1]  # the eighth cell: empty, white
+    assert (canvas[top : top + 32, left : left + 32] == 255).all()
+    # the figure's aspect is the picture's, so the tiles stay square
+    width, height = fig.get_size_inches()
+    box = ax.get_position()
+    assert width * box.width / (height * box.height) == pytest.approx(
+        canvas.shape[1] / canvas.shape[0], rel=1e-6
+    )
 
 
 def test_training_curves_two_axes_train_and_test():
@@ -126,8 +148,7 @@ def test_misclassified_gallery_titles_name_predicted_actual_and_confidence():
     logits = torch.tensor([[0.0, 3.0], [3.0, 0.0], [0.0, 1.0]])
     mistakes = select_misclassified(logits, torch.tensor([0, 0, 0]))
     fig = plot_misclassified(_images(2), mistakes, ["cat", "dog"])
-    titles = [ax.get_title() for ax in _titled_axes(fig)]
-    assert titles == ["pred dog 95%\nactual cat", "pred dog 73%\nactual cat"]
+    assert _grid_titles(fig) == ["pred dog 95%\nactual cat", "pred dog 73%\nactual cat"]
 
 
 def test_gradcam_figure_image_and_two_maps_per_mistake():
