@@ -154,15 +154,26 @@ def test_misclassified_gallery_titles_name_predicted_actual_and_confidence():
 def test_gradcam_figure_image_and_two_maps_per_mistake():
     logits = torch.tensor([[0.0, 3.0], [0.0, 2.0], [0.0, 1.0]])
     mistakes = select_misclassified(logits, torch.tensor([0, 0, 0]))
-    cams = torch.rand(3, 32, 32)
-    fig = plot_gradcam(_images(3), cams, cams, mistakes, ["cat", "dog"], layer="layer2")
-    assert len(fig.axes) == 12  # 2 rows of 2 triplets
-    shown = _titled_axes(fig)
-    assert len(shown) == 9
-    assert shown[1].get_title() == "CAM dog\n(predicted)"
-    assert shown[2].get_title() == "CAM cat\n(actual)"
-    assert len(shown[1].get_images()) == 2  # the image under the heat map
+    cams = torch.zeros(3, 32, 32)
+    cams[:, :, 16:] = 1.0  # cold on the left half, hot on the right
+    images = _images(3)
+    fig = plot_gradcam(images, cams, cams, mistakes, ["cat", "dog"], layer="layer2")
+    titles = _grid_titles(fig)
+    assert len(titles) == 9  # image, CAM of the predicted class, CAM of the actual one
+    assert titles[1:3] == ["CAM dog\n(predicted)", "CAM cat\n(actual)"]
     assert "layer2" in fig.get_suptitle()
+    (ax,) = fig.axes
+    canvas = np.asarray(ax.get_images()[0].get_array()).astype(float)
+    x, y = ax.texts[0].get_position()
+    top, left = round(y + 1.5), round(x + 0.5 - 64)  # tiles are 4x the image: 128 pixels
+    image = images[0].permute(1, 2, 0).float().numpy()
+    assert (canvas[top : top + 128 : 4, left : left + 128 : 4] == image).all()
+    x, y = ax.texts[1].get_position()
+    top, left = round(y + 1.5), round(x + 0.5 - 64)
+    # half the image, half jet's blue (0, 0, 0.5) at 0 and its dark red (0.5, 0, 0) at 1
+    cold, hot = canvas[top + 40, left + 20], canvas[top + 40, left + 108]
+    assert cold == pytest.approx(0.5 * image[10, 5] + [0, 0, 0.5 * 127.5], abs=1)
+    assert hot == pytest.approx(0.5 * image[10, 27] + [0.5 * 127.5, 0, 0], abs=1)
 
 
 def test_lr_finder_figure_rebuilds_from_json_dict():
