@@ -16,7 +16,8 @@ from cifar_resnet.data.load import Cifar10
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory: pytest.TempPathFactory):
     """What caches into the default folder (no --cache-dir) caches into one of the test
-    session's, not the user's ~/.cache/cifar_resnet; subprocesses inherit it."""
+    session's, not the user's ~/.cache/cifar_resnet (and so do subprocesses given the
+    environment as it is during the tests; an environment copied at import time is not)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CIFAR_RESNET_CACHE", str(tmp_path_factory.mktemp("default-cache")))
         yield

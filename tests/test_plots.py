@@ -176,6 +176,14 @@ def test_gradcam_figure_image_and_two_maps_per_mistake():
     assert hot == pytest.approx(0.5 * image[10, 27] + [0.5 * 127.5, 0, 0], abs=1)
 
 
+def test_gradcam_figure_of_no_mistake_is_an_empty_titled_grid():
+    none = select_misclassified(torch.tensor([[3.0, 0.0]]), torch.tensor([0]))
+    empty = torch.zeros(0, 3, 32, 32)
+    fig = plot_gradcam(_images(0), empty, empty, none, ["cat", "dog"], layer="layer2")
+    assert _grid_titles(fig) == [] and "layer2" in fig.get_suptitle()
+    assert figure_png(fig, dpi=20).startswith(b"\x89PNG")
+
+
 def test_lr_finder_figure_rebuilds_from_json_dict():
     result = LRFinderResult(
         lrs=[1e-5, 1e-4, 1e-3],

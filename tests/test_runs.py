@@ -612,8 +612,16 @@ def test_a_half_unpacked_archive_of_a_killed_process_is_cleaned_up(tmp_path):
     (stale / "cifar" / "train" / "half.bin").write_bytes(b"x" * 1000)
     alive = cache / f"extract-{key}.partial-{os.getpid()}-busy"  # a live process's: kept
     alive.mkdir()
+    from cifar_resnet.data.archive import _host
+
+    here = cache / f"extract-{key}.partial-{dead}@{_host()}-k9"  # named with its host
+    here.mkdir()
+    # another host's (a cache folder shared by the nodes of a cluster): its PID means nothing here
+    elsewhere = cache / f"extract-{key}.partial-{dead}@{_host()}x-node-2-k9"
+    elsewhere.mkdir()
     load_cifar10(archive, cache, progress=False)
-    assert not stale.exists() and alive.is_dir()
+    assert not stale.exists() and not here.exists()
+    assert alive.is_dir() and elsewhere.is_dir()
 
 
 def test_a_relative_data_dir_is_saved_absolute(data_dir, tmp_path, capsys, monkeypatch):

@@ -79,7 +79,8 @@ def plot_image_grid(
     nrows = max(1, math.ceil(n / ncols))
     side_h, side_w = (int(images.shape[2]), int(images.shape[3])) if n else (32, 32)
     lines = max((t.count("\n") + 1 for t in titles), default=0) if titles else 0
-    gap = max(1, round(0.12 * side_w))  # white between tiles, in image pixels
+    gap = 2 * max(1, round(0.06 * side_w))  # white between tiles, in image pixels (even: the
+    # tiles sit gap / 2 in from their cells, so the titles are centred over them exactly)
     inch = cell_inches / (side_w + gap)  # inches per image pixel
     band = math.ceil(0.16 * lines / inch) if lines else 0  # room for the titles, in pixels
     pitch_w, pitch_h = side_w + gap, side_h + gap + band
@@ -312,9 +313,10 @@ def plot_gradcam(
             titles.append(name)
             colors.append(color)
     where = f" at {layer}" if layer else ""
+    empty = images.new_zeros((0, 3, _CAM_SCALE * images.shape[2], _CAM_SCALE * images.shape[3]))
     return plot_image_grid(
-        torch.stack(tiles), titles, ncols=3 * per_row, title_colors=colors, cell_inches=1.45,
-        title=f"Grad-CAM{where} over misclassified test images",
+        torch.stack(tiles) if tiles else empty, titles, ncols=3 * per_row, title_colors=colors,
+        cell_inches=1.45, title=f"Grad-CAM{where} over misclassified test images",
     )  # fmt: skip
 
 

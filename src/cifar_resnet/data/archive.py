@@ -3,17 +3,21 @@
 Owns everything between the archive and a plain folder: members are checked before they are
 written (no absolute path, no ``..``; Python's ``data`` filter, where it exists, also refuses
 links that point outside, and without it only files and folders are unpacked), they land in a
-folder of this process's own, which no other process reads or removes (two runs that unpack
-the same archive at once each read their own copy, and the first to finish cannot delete the
-other's), and the folders that a killed process left behind are removed. A full or read-only
-disk is told apart from a damaged archive, so that the message says which of the two to fix.
+folder of this process's own, named after its PID and host, which no other process reads (two
+runs that unpack the same archive at once each read their own copy, and the first to finish
+cannot delete the other's), and the folders that a killed process of this host left behind
+are removed (another host's are left alone: its PIDs cannot be checked from here). A full or
+read-only disk is told apart from a damaged archive, so that the message says which of the
+two to fix.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
+import socket
 import tarfile
 import tempfile
 import zlib
@@ -31,10 +35,10 @@ _FILTER_ERRORS: tuple[type[Exception], ...] = (
 
 
 def _extract(archive: Path, target: Path, progress: bool) -> Path:
-    """Unpack archive into a new folder ``<target>.partial-<pid>-*`` of this process's own,
-    refusing members that would land outside it; the caller removes the folder when done."""
+    """Unpack archive into a new folder ``<target>.partial-<pid>@<host>-*`` of this process's
+    own, refusing members that would land outside it; the caller removes the folder when done."""
     _remove_stale_partials(target)
-    folder = _make_temp_dir(target.parent, f"{target.name}.partial-{os.getpid()}-")
+    folder = _make_temp_dir(target.parent, f"{target.name}.partial-{os.getpid()}@{_host()}-")
     try:
         with (
             tarfile.open(archive, "r:gz") as tar,
@@ -83,13 +87,24 @@ def _disk_problem(exc: BaseException) -> bool:
     )  # fmt: skip
 
 
+def _host() -> str:
+    """This machine's name, as it may stand in a folder name."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
 def _remove_stale_partials(target: Path) -> None:
     """Delete half-unpacked copies of ``target`` left by processes that died (``kill -9``).
 
-    Each is named ``<target>.partial-<pid>-*``; one whose process still runs is kept.
+    Each is named ``<target>.partial-<pid>@<host>-*`` (``<pid>-*`` before hosts were named:
+    taken as this host's); one whose process still runs, or of another host, is kept.
     """
     for partial in target.parent.glob(f"{target.name}.partial-*"):
-        pid = partial.name[len(target.name) + len(".partial-") :].split("-", 1)[0]
+        owner = partial.name[len(target.name) + len(".partial-") :]
+        pid, at, rest = owner.partition("@")
+        if not at:
+            pid = owner.split("-", 1)[0]
+        elif rest.rpartition("-")[0] != _host():
+            continue
         if not pid.isdigit() or process_alive(int(pid)):
             continue
         shutil.rmtree(partial, ignore_errors=True)
