@@ -25,6 +25,7 @@ from results_table import find, recipe_of, runs_of
 # (step, results file), in the order the tricks are added.
 SCREEN = (
     ("Page's DAWNBench recipe in 10 epochs", "2026-12-07-cpu-screen-w0-25-page-10ep.json"),
+    ("+ CELU (alpha 0.075)", "2026-12-07-cpu-screen-w0-25-celu.json"),
     ("every trick: page-fast", "2026-12-07-cpu-screen-w0-25-page-fast.json"),
 )
 DOC = ROOT / "docs" / "results.md"
