@@ -25,14 +25,13 @@ from cifar_resnet.inference.predict import load_image, load_model, predict, to_b
 from cifar_resnet.insight.demo import (
     MAX_PIXELS,
     TOP_K,
-    enlarge,
     explain,
     make_strip,
-    overlay,
     read_upload,
     thumbnail,
 )
 from cifar_resnet.insight.gradcam import GRADCAM_LAYERS
+from cifar_resnet.plots import enlarge, overlay
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT_ENV = "CIFAR_RESNET_DEMO_SCREENSHOT"  # set: the browser test writes its picture here

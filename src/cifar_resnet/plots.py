@@ -22,8 +22,9 @@ from .inference.metrics import Misclassified
 from .records.records import LRFinderResult
 
 _WRONG = "#b2182b"
-_CAM_SCALE = 4  # Grad-CAM tiles: 4x the image side, so the maps show smooth
 _RIGHT = "#1a7837"
+CAM_ALPHA = 0.5  # weight of a Grad-CAM map over its image (the report's figure, the demo)
+_CAM_SCALE = 4  # the report's Grad-CAM tiles are 4x the image's side, for smooth maps
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -36,6 +37,23 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
 def _hwc(image: torch.Tensor) -> np.ndarray:
     """uint8 (3, H, W) tensor -> (H, W, 3) array for imshow."""
     return image.detach().cpu().permute(1, 2, 0).numpy()
+
+
+def enlarge(image: torch.Tensor, scale: int) -> np.ndarray:
+    """A uint8 (3, H, W) image as (H * scale, W * scale, 3) uint8, each pixel a square."""
+    return _hwc(image.repeat_interleave(scale, 1).repeat_interleave(scale, 2))
+
+
+def overlay(image: torch.Tensor, cam: torch.Tensor, scale: int) -> np.ndarray:
+    """A map (H, W) in [0, 1], coloured (jet) and blended over the image (3, H, W) uint8,
+    as (H * scale, W * scale, 3) uint8; the map is upsampled smoothly (bilinear)."""
+    size = (image.shape[1] * scale, image.shape[2] * scale)
+    cam = cam.detach().cpu().float()
+    smooth = torch.nn.functional.interpolate(cam[None, None], size=size, mode="bilinear")[0, 0]
+    heat = colormaps["jet"](smooth.clamp(0, 1).numpy())[..., :3]  # (H', W', 3) in [0, 1]
+    picture = enlarge(image, scale).astype(np.float32) / 255.0
+    blended = (1 - CAM_ALPHA) * picture + CAM_ALPHA * heat
+    return (blended * 255.0).round().astype(np.uint8)
 
 
 def plot_class_distribution(
@@ -79,27 +97,25 @@ def plot_image_grid(
     nrows = max(1, math.ceil(n / ncols))
     side_h, side_w = (int(images.shape[2]), int(images.shape[3])) if n else (32, 32)
     lines = max((t.count("\n") + 1 for t in titles), default=0) if titles else 0
-    gap = 2 * max(1, round(0.06 * side_w))  # white between tiles, in image pixels (even: the
-    # tiles sit gap / 2 in from their cells, so the titles are centred over them exactly)
+    gap = 2 * max(1, round(0.06 * side_w))  # white between tiles, in image pixels
     inch = cell_inches / (side_w + gap)  # inches per image pixel
     band = math.ceil(0.16 * lines / inch) if lines else 0  # room for the titles, in pixels
     pitch_w, pitch_h = side_w + gap, side_h + gap + band
     canvas = np.full((nrows * pitch_h, ncols * pitch_w, 3), 255, dtype=np.uint8)
-    for i in range(n):
-        row, col = divmod(i, ncols)
-        y, x = row * pitch_h + band + gap // 2, col * pitch_w + gap // 2
-        canvas[y : y + side_h, x : x + side_w] = _hwc(images[i])
     head = 0.3 if title else 0.0
     width, height = canvas.shape[1] * inch, canvas.shape[0] * inch
     fig = Figure(figsize=(width, height + head))
     ax = fig.add_axes((0.0, 0.0, 1.0, height / (height + head)))
-    ax.imshow(canvas, interpolation="nearest")
     ax.set_axis_off()
-    for i, text in enumerate(titles[:n] if titles else ()):
+    for i in range(n):
         row, col = divmod(i, ncols)
-        color = title_colors[i] if title_colors else "black"
-        ax.text(col * pitch_w + pitch_w / 2 - 0.5, row * pitch_h + band + gap // 2 - 1.5, text,
-                ha="center", va="bottom", fontsize=7.5, color=color, linespacing=1.1)  # fmt: skip
+        y, x = row * pitch_h + band + gap // 2, col * pitch_w + gap // 2
+        canvas[y : y + side_h, x : x + side_w] = _hwc(images[i])
+        if titles and i < len(titles):  # centred just above its tile (pixel centres at .0)
+            color = title_colors[i] if title_colors else "black"
+            ax.text(x + side_w / 2 - 0.5, y - 1.5, titles[i], ha="center", va="bottom",
+                    fontsize=7.5, color=color, linespacing=1.1)  # fmt: skip
+    ax.imshow(canvas, interpolation="nearest")
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 0.05 / (height + head), va="top")
     return fig
@@ -281,20 +297,16 @@ def plot_gradcam(
 ) -> Figure:
     """Per image: the image, Grad-CAM for the predicted class, Grad-CAM for the actual class.
 
-    Each map is drawn over its image at half opacity in the ``jet`` colours (0 blue, 1 red),
-    upsampled bilinearly to 4x the image's side, the image itself by repetition; the tiles
-    are laid out by ``plot_image_grid``.
+    Each map is drawn over its image by ``overlay`` at 4x the image's side, the image beside
+    them by ``enlarge``; the tiles are laid out by ``plot_image_grid``.
     """
     n = int(images.shape[0])
     per_row = max(1, min(per_row, n))
-    jet = colormaps["jet"]
     tiles, titles, colors = [], [], []
     for i in range(n):
-        big = images[i].detach().cpu()
-        side = (_CAM_SCALE * big.shape[1], _CAM_SCALE * big.shape[2])
-        big = big.repeat_interleave(_CAM_SCALE, 1).repeat_interleave(_CAM_SCALE, 2)
+        image = images[i].detach().cpu()
         pred, actual = int(mistakes.predicted[i]), int(mistakes.actual[i])
-        tiles.append(big)
+        tiles.append(enlarge(image, _CAM_SCALE))
         titles.append(
             f"pred {classes[pred]} {100 * float(mistakes.confidence[i]):.0f}%\n"
             f"actual {classes[actual]}"
@@ -304,19 +316,16 @@ def plot_gradcam(
             (cam_predicted[i], f"CAM {classes[pred]}\n(predicted)", _WRONG),
             (cam_actual[i], f"CAM {classes[actual]}\n(actual)", _RIGHT),
         ):
-            up = torch.nn.functional.interpolate(
-                cam.detach().cpu().float()[None, None], size=side, mode="bilinear",
-                align_corners=False,
-            )[0, 0].clamp(0, 1)  # fmt: skip
-            heat = torch.from_numpy(jet(up.numpy())[..., :3]).permute(2, 0, 1).float() * 255
-            tiles.append((0.5 * big.float() + 0.5 * heat).round().to(torch.uint8))
+            tiles.append(overlay(image, cam, _CAM_SCALE))
             titles.append(name)
             colors.append(color)
     where = f" at {layer}" if layer else ""
-    empty = images.new_zeros((0, 3, _CAM_SCALE * images.shape[2], _CAM_SCALE * images.shape[3]))
+    side = (_CAM_SCALE * images.shape[2], _CAM_SCALE * images.shape[3])
+    grid = (torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2) if tiles
+            else images.new_zeros((0, 3, *side)))  # fmt: skip
     return plot_image_grid(
-        torch.stack(tiles) if tiles else empty, titles, ncols=3 * per_row, title_colors=colors,
-        cell_inches=1.45, title=f"Grad-CAM{where} over misclassified test images",
+        grid, titles, ncols=3 * per_row, title_colors=colors, cell_inches=1.45,
+        title=f"Grad-CAM{where} over misclassified test images",
     )  # fmt: skip
 
 

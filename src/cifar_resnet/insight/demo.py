@@ -19,20 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from matplotlib import colormaps
 from PIL import Image, UnidentifiedImageError
 
 from ..data.augment import normalize
 from ..errors import DataError, oneline
 from ..inference.predict import load_image, predict
 from ..inference.types import TrainedModel
+from ..plots import enlarge
 from .gradcam import DEFAULT_LAYER, grad_cam
 
 TOP_K = 5  # classes shown
 MAX_PIXELS = 50_000_000  # larger uploads are refused: one takes 150 MB and more to decode
 PER_CLASS = 3  # test images of each class in the strip
-CAM_ALPHA = 0.5  # weight of the heat map over the image, as in the report's figure
 _WRONG = (214, 39, 40)  # frame of a misclassified test image in the strip (RGB)
 _ASK = "drop a PNG, JPEG or other image file"
 
@@ -126,22 +124,6 @@ def make_strip(
     chosen = images[indices]
     predicted = predict(model, chosen).labels if len(order) else indices
     return Strip(chosen, labels[indices].long(), predicted, indices, model.classes)
-
-
-def enlarge(image: torch.Tensor, scale: int) -> np.ndarray:
-    """A uint8 (3, H, W) image as (H * scale, W * scale, 3) uint8, each pixel a square."""
-    return image.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
-
-
-def overlay(image: torch.Tensor, cam: torch.Tensor, scale: int) -> np.ndarray:
-    """A map (H, W) in [0, 1], coloured (jet) and blended over the image (3, H, W) uint8,
-    as (H * scale, W * scale, 3) uint8; the map is upsampled smoothly (bilinear)."""
-    size = (image.shape[1] * scale, image.shape[2] * scale)
-    smooth = F.interpolate(cam[None, None].float(), size=size, mode="bilinear")[0, 0]
-    heat = colormaps["jet"](smooth.clamp(0, 1).numpy())[..., :3]  # (H', W', 3) in [0, 1]
-    picture = enlarge(image, scale).astype(np.float32) / 255.0
-    blended = (1 - CAM_ALPHA) * picture + CAM_ALPHA * heat
-    return (blended * 255.0).round().astype(np.uint8)
 
 
 def thumbnail(strip: Strip, i: int, scale: int) -> np.ndarray:

@@ -19,7 +19,8 @@ from typing import Any
 
 from ..errors import PROG, CifarResnetError, ConfigError, oneline
 from ..inference.types import TrainedModel
-from .demo import TOP_K, Strip, describe, enlarge, explain, overlay, read_upload, thumbnail
+from ..plots import enlarge, overlay
+from .demo import TOP_K, Strip, describe, explain, read_upload, thumbnail
 from .gradcam import DEFAULT_LAYER, GRADCAM_LAYERS
 
 INSTALL_HINT = "pip install 'cifar-resnet[demo]'"
