@@ -441,6 +441,29 @@ def test_non_image_message_names_file(tmp_path: Path, expected: Expected) -> Non
         load_cifar10(tree, tmp_path / "cache", progress=False)
 
 
+@pytest.mark.parametrize(
+    ("make", "member"),
+    [
+        (_non_image, "tree/train/cat/zz_notes.png"),
+        (_wrong_size, "tree/test/dog/x.png"),
+        (_label_out_of_range, "cifar-10-batches-py/data_batch_3"),
+    ],
+)
+def test_a_bad_file_inside_an_archive_is_named_as_its_member(
+    tmp_path: Path, expected: Expected, make, member: str
+) -> None:
+    source = make(tmp_path, expected)
+    packed = write_tgz(source, tmp_path / "packed.tar.gz")
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as err:
+        load_cifar10(packed, cache, progress=False)
+    message = assert_one_line(err)
+    # The unpacked copy is gone by the time the message is read: it names the archive's member.
+    assert f"{member} in archive {packed}" in message
+    assert str(cache) not in message
+    assert not list(cache.iterdir())
+
+
 def test_label_error_mentions_value(tmp_path: Path, expected: Expected) -> None:
     folder = _label_out_of_range(tmp_path, expected)
     with pytest.raises(DataError, match="label 10"):

@@ -80,6 +80,16 @@ def _extract(archive: Path, target: Path, progress: bool) -> Path:
     return folder
 
 
+def _name_members(message: str, extracted: Path, archive: Path) -> str:
+    """message with each path inside the unpacked folder told as a member of the archive.
+
+    The unpacked folder is deleted as soon as decoding stops, so a path into it names nothing
+    the user can open; ``train/cat/1.jpg in archive data.tar.gz`` says what to mend.
+    """
+    pattern = re.escape(str(extracted)) + r"[/\\]([^\s;:()]+)"
+    return re.sub(pattern, lambda m: f"{m.group(1)} in archive {archive}", message)
+
+
 def _disk_problem(exc: BaseException) -> bool:
     """An OSError of the disk being written (full, over quota, read-only, not permitted)."""
     return isinstance(exc, OSError) and exc.errno in (

@@ -139,6 +139,8 @@ def _load_archive(path: Path, cache_dir: Path, progress: bool) -> Cifar10:
     try:
         kind, folder = formats._find_layout(extracted, shown=path)
         data = formats._decode(kind, folder, progress)
+    except DataError as exc:
+        raise DataError(archive._name_members(str(exc), extracted, path)) from exc
     finally:
         # The arrays are all that is needed from now on; the unpacked files would double the
         # disk space the cache takes.
