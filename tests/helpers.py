@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import pickle
+import signal
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,3 +94,71 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# A process to be signalled or killed starts from a fork server that has imported, once, what a
+# run imports (the CLI imports lazily: torch, the training loop, the report; torch._dynamo,
+# which torch's Adam imports on its first construction, costs about 4 s alone), so a child costs
+# a fork rather than a fresh interpreter importing all of it again. The server runs no torch op,
+# so there is no thread pool to fork.
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload(
+    ["cifar_resnet.cli", "cifar_resnet.runs", "cifar_resnet.insight.report", "torch._dynamo"]
+)
+
+
+def _cli_in_child(
+    argv: list[str], log: str, threads: int, prepare: Callable[[], None] | None
+) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    if prepare is not None:
+        prepare()
+    from cifar_resnet import cli
+
+    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - the child's own streams
+    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+    code = cli.main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class CliChild:
+    """``cifar-resnet ARGV`` in a forked process on ``threads`` threads, with the few methods of
+    Popen the tests use; ``prepare`` (picklable: a module-level function or a partial of one)
+    runs in the child first, e.g. to patch where it sends itself a signal."""
+
+    def __init__(
+        self, argv: list[str], threads: int, prepare: Callable[[], None] | None = None
+    ) -> None:
+        name = f"cifar-resnet-child-{os.getpid()}-{time.monotonic_ns()}"
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / name
+        self.proc = _FORKS.Process(
+            target=_cli_in_child, args=(argv, str(self.log), threads, prepare)
+        )
+        self.proc.start()
+        self.pid = self.proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """Wait for the end; ("", everything the child printed)."""
+        self.proc.join(timeout)
+        err = self.log.read_text() if self.log.exists() else ""
+        self.log.unlink(missing_ok=True)
+        return "", err
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.exitcode

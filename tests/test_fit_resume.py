@@ -1,18 +1,16 @@
 """Interrupt a real CLI training run (SIGINT, SIGTERM, SIGKILL), resume it, compare."""
 
+import functools
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_synthetic, write_pickles
+from helpers import CliChild, make_synthetic, write_pickles
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 # Small batches of bf16 steps (slow on a CPU without bf16 units): 10 of the 82 images an
 # epoch and 2 left over, which --drop-last skips.
 N_TRAIN, BATCH_SIZE = 82, 8
@@ -42,46 +40,37 @@ ARGS = [
     "--quiet",
     "--no-report",
 ]
-ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
 SIGNAL_EPOCH, SIGNAL_STEP = 2, 4  # where an interrupted run receives its signal
-# `cifar-resnet train ARGV` that sends itself a signal in one step, at the step's bookkeeping
-# (its optimizer update done): the run stops after that very step, every time.
-_SIGNALLED = """
-import os, sys
-from cifar_resnet import cli
-from cifar_resnet.training.epoch import StepMonitor
-
-sig, epoch, step, steps_per_epoch = map(int, sys.argv[1:5])
-stepped = StepMonitor.stepped
-
-def stepped_after_a_signal(self, *args, **kwargs):
-    if self.step_offset == (epoch - 1) * steps_per_epoch and self.state.step == step - 1:
-        os.kill(os.getpid(), sig)
-    return stepped(self, *args, **kwargs)
-
-StepMonitor.stepped = stepped_after_a_signal
-sys.exit(cli.main(["train", *sys.argv[5:]]))
-"""
+# One thread in every process: runs compared bit for bit must split their work alike.
+THREADS = 1
 
 
-def _train(*argv: str, signalled: int | None = None) -> subprocess.Popen:
-    """``cifar-resnet train ARGV``; with ``signalled``, the run sends itself that signal
-    in step ``SIGNAL_STEP`` of epoch ``SIGNAL_EPOCH``."""
-    if signalled is None:
-        command = ["-m", "cifar_resnet", "train"]
-    else:
+def _signal_in_step(sig: int, epoch: int, step: int, steps_per_epoch: int) -> None:
+    """Make this process's run send itself ``sig`` in one step, at the step's bookkeeping
+    (its optimizer update done): the run stops after that very step, every time."""
+    from cifar_resnet.training.epoch import StepMonitor
+
+    stepped = StepMonitor.stepped
+
+    def stepped_after_a_signal(self, *args, **kwargs):
+        if self.step_offset == (epoch - 1) * steps_per_epoch and self.state.step == step - 1:
+            os.kill(os.getpid(), sig)
+        return stepped(self, *args, **kwargs)
+
+    StepMonitor.stepped = stepped_after_a_signal
+
+
+def _train(*argv: str, signalled: int | None = None) -> CliChild:
+    """``cifar-resnet train ARGV`` in a child process; with ``signalled``, the run sends
+    itself that signal in step ``SIGNAL_STEP`` of epoch ``SIGNAL_EPOCH``."""
+    prepare = None
+    if signalled is not None:
         where = (signalled, SIGNAL_EPOCH, SIGNAL_STEP, STEPS_PER_EPOCH)
-        command = ["-c", _SIGNALLED, *map(str, where)]
-    return subprocess.Popen(
-        [sys.executable, *command, *argv],
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        prepare = functools.partial(_signal_in_step, *where)
+    return CliChild(["train", *argv], THREADS, prepare)
 
 
-def _train_new_run(data_dir: Path, out: Path, signalled: int | None = None) -> subprocess.Popen:
+def _train_new_run(data_dir: Path, out: Path, signalled: int | None = None) -> CliChild:
     return _train(
         "--data-dir",
         str(data_dir),
@@ -110,7 +99,7 @@ def reference(data_dir, tmp_path_factory) -> Path:
     return out
 
 
-def _wait_for_epochs(out: Path, k: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+def _wait_for_epochs(out: Path, k: int, proc: CliChild, timeout: float = 240) -> None:
     metrics = out / "metrics.jsonl"  # written after the epoch's checkpoint
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -139,7 +128,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert len(sb["step_lrs"]) == 3 * STEPS_PER_EPOCH
 
 
-def _start_and_wait_for_first_epoch(data_dir: Path, out: Path) -> subprocess.Popen:
+def _start_and_wait_for_first_epoch(data_dir: Path, out: Path) -> CliChild:
     proc = _train_new_run(data_dir, out)
     _wait_for_epochs(out, 1, proc)
     return proc

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import multiprocessing
 import os
 import random
 import signal
@@ -21,14 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_synthetic, run_cli, write_pickles
+from helpers import CliChild, make_synthetic, run_cli, write_pickles
 
 from cifar_resnet import files
 from cifar_resnet.records import folder_lock, layout, run_folder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # The threads of the pytest process too: runs compared bit for bit must split their work alike.
-ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+THREADS = torch.get_num_threads()
+ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(THREADS)}
 # A tiny run: 3 epochs of 2 steps (the 200 images of data_dir); the LR given, so no range
 # test; the precision given, as "auto" may time its probe differently in each process on a
 # CPU that probes.
@@ -224,70 +224,18 @@ def test_a_loose_checkpoint_needs_out_and_its_neighbours_are_kept(
 # 3. One writer per run folder: an OS lock that dies with its process
 
 
-# Processes to be killed start from a fork server that has imported the package once, so a
-# trial costs a fork instead of a fresh interpreter importing torch (about 3 s each).
-_FORKS = multiprocessing.get_context("forkserver")
-_FORKS.set_forkserver_preload(["cifar_resnet.cli"])
-
-
-def _main_in_child(argv: list[str], log: str) -> None:
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.environ["OMP_NUM_THREADS"] = ENV["OMP_NUM_THREADS"]
-    torch.set_num_threads(int(ENV["OMP_NUM_THREADS"]))
-    from cifar_resnet import cli
-
-    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - the child's own streams
-    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-    code = cli.main(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-class _Child:
-    """`cifar-resnet ARGV` in a forked process, with Popen's few methods used here."""
-
-    def __init__(self, argv: list[str]) -> None:
-        name = f"cifar-resnet-child-{os.getpid()}-{time.monotonic_ns()}"
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / name
-        self.proc = _FORKS.Process(target=_main_in_child, args=(argv, str(self.log)))
-        self.proc.start()
-        self.pid = self.proc.pid
-
-    def poll(self) -> int | None:
-        return self.proc.exitcode
-
-    def send_signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
-        self.proc.join(timeout)
-        err = self.log.read_text() if self.log.exists() else ""
-        self.log.unlink(missing_ok=True)
-        return "", err
-
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.exitcode
-
-
-def _start(argv: list[str]) -> _Child:
-    return _Child(argv)
+def _start(argv: list[str]) -> CliChild:
+    return CliChild(argv, THREADS)
 
 
 def _run(argv: list[str]) -> tuple[int, str]:
     """Run ``cifar-resnet ARGV`` to its end in a forked process: (exit code, output)."""
-    child = _Child(argv)
+    child = CliChild(argv, THREADS)
     _, err = child.communicate(timeout=300)
     return child.returncode, err
 
 
-def _wait_for(predicate, proc: _Child, timeout: float = 120) -> None:
+def _wait_for(predicate, proc: CliChild, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -302,13 +250,14 @@ def test_a_second_writer_is_refused_naming_the_first_and_kill_9_leaves_no_lock(
     data_dir, tmp_path, capsys
 ):
     out = tmp_path / "shared"
-    first = _start([*_args(data_dir, out, "--no-report"), "--epochs", "40"])
+    first = _start([*_args(data_dir, out, "--no-report"), "--epochs", "6"])
     lock = out / layout.LOCK_FILE
     _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), first)
+    _wait_for(lambda: (out / "checkpoints" / "last.pt").exists(), first)
+    first.send_signal(signal.SIGSTOP)  # alive, holding the lock, for as long as the checks take
     for extra in ([], ["--force"]):
         code, _, err = run_cli(_args(data_dir, out, "--no-report", *extra), capsys)
         _one_line(code, err, f"PID {first.pid}", "another cifar-resnet process")
-    _wait_for(lambda: (out / "checkpoints" / "last.pt").exists(), first)
     for argv in (["train", "--resume", str(out), "--quiet"], ["report", str(out), "--quiet"]):
         code, _, err = run_cli(argv, capsys)
         _one_line(code, err, f"PID {first.pid}")
@@ -324,7 +273,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_kill_9_leaves_no_lock(
     assert not (finder / "lr_finder.json").exists()
     first.kill()
     first.communicate(timeout=60)
-    code, _, err = run_cli(["train", "--resume", str(out), "--quiet", "--epochs", "40"], capsys)
+    code, _, err = run_cli(["train", "--resume", str(out), "--quiet", "--epochs", "6"], capsys)
     _one_line(code, err, "--epochs")  # settings are the run's own
     code, _, err = run_cli(["train", "--resume", str(out), "--quiet", "--no-report"], capsys)
     assert code == 0, err  # the lock died with its process
@@ -442,7 +391,7 @@ def test_a_full_disk_at_each_write_ends_in_one_line_and_the_run_continues(
 # kill -9 at random moments: the folder always resumes to the unbroken run's weights
 
 
-def _until(predicate, proc: _Child, timeout: float = 120) -> bool:
+def _until(predicate, proc: CliChild, timeout: float = 120) -> bool:
     """Wait for ``predicate``; False if the process ended first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
