@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import TINY_RUN, Served, make_synthetic, write_pickles
+from helpers import TINY_RUN, CliChild, Served, make_synthetic, write_pickles
 
 from cifar_resnet.data.load import Cifar10
 
@@ -21,6 +21,13 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CIFAR_RESNET_CACHE", str(tmp_path_factory.mktemp("default-cache")))
         yield
+
+
+@pytest.fixture(autouse=True)
+def _no_child_left():
+    """A forked CLI process a test left running (it failed before the end) is killed."""
+    yield
+    CliChild.kill_all()
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,14 @@ import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -100,7 +103,9 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 # run imports (the CLI imports lazily: torch, the training loop, the report; torch._dynamo,
 # which torch's Adam imports on its first construction, costs about 4 s alone), so a child costs
 # a fork rather than a fresh interpreter importing all of it again. The server runs no torch op,
-# so there is no thread pool to fork.
+# so torch has no thread pool to fork (numpy's OpenBLAS, started on import, handles a fork
+# itself). A child's environment is the server's, taken when the first child started: an
+# environment variable set later by a test does not reach it.
 _FORKS = multiprocessing.get_context("forkserver")
 _FORKS.set_forkserver_preload(
     ["cifar_resnet.cli", "cifar_resnet.runs", "cifar_resnet.insight.report", "torch._dynamo"]
@@ -130,18 +135,32 @@ def _cli_in_child(
 class CliChild:
     """``cifar-resnet ARGV`` in a forked process on ``threads`` threads, with the few methods of
     Popen the tests use; ``prepare`` (picklable: a module-level function or a partial of one)
-    runs in the child first, e.g. to patch where it sends itself a signal."""
+    runs in the child first, e.g. to patch where it sends itself a signal. A child the test
+    left running (a failed assertion, a stopped process) is killed and its log removed by
+    ``kill_all``, which conftest calls after every test."""
+
+    _alive: ClassVar[list[CliChild]] = []
 
     def __init__(
         self, argv: list[str], threads: int, prepare: Callable[[], None] | None = None
     ) -> None:
         name = f"cifar-resnet-child-{os.getpid()}-{time.monotonic_ns()}"
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / name
+        self.log = Path(tempfile.gettempdir()) / name
         self.proc = _FORKS.Process(
             target=_cli_in_child, args=(argv, str(self.log), threads, prepare)
         )
         self.proc.start()
         self.pid = self.proc.pid
+        CliChild._alive.append(self)
+
+    @classmethod
+    def kill_all(cls) -> None:
+        while cls._alive:
+            child = cls._alive.pop()
+            if child.proc.exitcode is None:
+                child.kill()  # SIGKILL ends a stopped process too
+            child.proc.join()
+            child.log.unlink(missing_ok=True)
 
     def poll(self) -> int | None:
         return self.proc.exitcode
@@ -153,10 +172,17 @@ class CliChild:
         self.send_signal(signal.SIGKILL)
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
-        """Wait for the end; ("", everything the child printed)."""
+        """Wait for the end; ("", everything the child printed). A child still running after
+        ``timeout`` seconds is killed and TimeoutExpired raised, with its output so far."""
         self.proc.join(timeout)
+        timed_out = self.proc.exitcode is None
+        if timed_out:
+            self.kill()
+            self.proc.join()
         err = self.log.read_text() if self.log.exists() else ""
         self.log.unlink(missing_ok=True)
+        if timed_out:
+            raise subprocess.TimeoutExpired(f"cifar-resnet {self.proc.name}", timeout, err)
         return "", err
 
     @property

@@ -64,9 +64,10 @@ def _extract(archive: Path, target: Path, progress: bool) -> Path:
                 f"cannot unpack {archive} into {target.parent} ({oneline(exc)}): free space "
                 "there or pass --cache-dir to another folder"
             ) from exc
+        reason = _name_members(oneline(exc), folder, archive)
         raise DataError(
-            f"cannot unpack {archive} ({oneline(exc)}): the archive is damaged or not a "
-            f".tar.gz; get a fresh copy"
+            f"cannot unpack {archive} ({reason}): the archive is damaged or not a .tar.gz; "
+            "get a fresh copy"
         ) from exc
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         shutil.rmtree(folder, ignore_errors=True)
@@ -81,13 +82,23 @@ def _extract(archive: Path, target: Path, progress: bool) -> Path:
 
 
 def _name_members(message: str, extracted: Path, archive: Path) -> str:
-    """message with each path inside the unpacked folder told as a member of the archive.
+    """message with the unpacked folder's path told as the archive's: ``data.tar.gz/train/
+    cat/1.jpg`` for a member, ``data.tar.gz`` for the folder itself.
 
     The unpacked folder is deleted as soon as decoding stops, so a path into it names nothing
-    the user can open; ``train/cat/1.jpg in archive data.tar.gz`` says what to mend.
+    the user can open. Only the folder's prefix is replaced, so a member's name may hold any
+    character; an OSError's text quotes paths with doubled backslashes on Windows, so that
+    spelling is replaced too.
     """
-    pattern = re.escape(str(extracted)) + r"[/\\]([^\s;:()]+)"
-    return re.sub(pattern, lambda m: f"{m.group(1)} in archive {archive}", message)
+    folder = str(extracted)
+    for spelled, shown in ((folder, str(archive)), (_quoted(folder), _quoted(str(archive)))):
+        message = message.replace(spelled, shown)
+    return message
+
+
+def _quoted(path: str) -> str:
+    """path as repr() writes it inside quotes (the doubled backslashes of Windows paths)."""
+    return path.replace("\\", "\\\\")
 
 
 def _disk_problem(exc: BaseException) -> bool:

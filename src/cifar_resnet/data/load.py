@@ -140,7 +140,11 @@ def _load_archive(path: Path, cache_dir: Path, progress: bool) -> Cifar10:
         kind, folder = formats._find_layout(extracted, shown=path)
         data = formats._decode(kind, folder, progress)
     except DataError as exc:
-        raise DataError(archive._name_members(str(exc), extracted, path)) from exc
+        named = archive._name_members(str(exc), extracted, path)
+        if named == str(exc):
+            raise
+        # The same error told with the archive's names; its cause (Pillow's, say) kept.
+        raise DataError(named).with_traceback(exc.__traceback__) from exc.__cause__
     finally:
         # The arrays are all that is needed from now on; the unpacked files would double the
         # disk space the cache takes.
