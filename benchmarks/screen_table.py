@@ -26,6 +26,7 @@ from results_table import find, recipe_of, runs_of
 SCREEN = (
     ("Page's DAWNBench recipe in 10 epochs", "2026-12-07-cpu-screen-w0-25-page-10ep.json"),
     ("+ CELU (alpha 0.075)", "2026-12-07-cpu-screen-w0-25-celu.json"),
+    ("+ ghost BatchNorm (32 images)", "2026-12-07-cpu-screen-w0-25-ghost.json"),
     ("every trick: page-fast", "2026-12-07-cpu-screen-w0-25-page-fast.json"),
 )
 DOC = ROOT / "docs" / "results.md"
