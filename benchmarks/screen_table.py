@@ -27,6 +27,7 @@ SCREEN = (
     ("Page's DAWNBench recipe in 10 epochs", "2026-12-07-cpu-screen-w0-25-page-10ep.json"),
     ("+ CELU (alpha 0.075)", "2026-12-07-cpu-screen-w0-25-celu.json"),
     ("+ ghost BatchNorm (32 images)", "2026-12-07-cpu-screen-w0-25-ghost.json"),
+    ("+ frozen BatchNorm scales (CELU alpha 0.3)", "2026-12-07-cpu-screen-w0-25-frozen.json"),
     ("every trick: page-fast", "2026-12-07-cpu-screen-w0-25-page-fast.json"),
 )
 DOC = ROOT / "docs" / "results.md"
