@@ -28,6 +28,7 @@ SCREEN = (
     ("+ CELU (alpha 0.075)", "2026-12-07-cpu-screen-w0-25-celu.json"),
     ("+ ghost BatchNorm (32 images)", "2026-12-07-cpu-screen-w0-25-ghost.json"),
     ("+ frozen BatchNorm scales (CELU alpha 0.3)", "2026-12-07-cpu-screen-w0-25-frozen.json"),
+    ("+ patch whitening", "2026-12-07-cpu-screen-w0-25-whiten.json"),
     ("every trick: page-fast", "2026-12-07-cpu-screen-w0-25-page-fast.json"),
 )
 DOC = ROOT / "docs" / "results.md"
