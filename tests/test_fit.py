@@ -1,6 +1,7 @@
 """training/fit.py: a run as fit trains it (the step, the schedule, the range test's effect, the
 records it writes) and the builders of training/setup.py."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,9 +13,10 @@ from cifar_resnet.config import TrainConfig
 from cifar_resnet.data.splits import prepare_splits
 from cifar_resnet.errors import CheckpointError, ConfigError
 from cifar_resnet.inference.evaluation import evaluate
+from cifar_resnet.records.records import EpochMetrics
 from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
-from cifar_resnet.training.epoch import Callbacks
+from cifar_resnet.training.epoch import Callbacks, Remaining, console, duration
 from cifar_resnet.training.fit import fit
 from cifar_resnet.training.setup import build_model, build_optimizer
 
@@ -50,6 +52,30 @@ def test_a_small_net_learns_the_synthetic_task_far_above_chance(synthetic):
     accs = [e["test_acc"] for e in history.epochs]
     assert accs[-1] >= 0.6  # chance is 0.1
     assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
+
+
+def test_the_time_left_goes_by_the_first_epochs_training_then_by_the_wall_clock():
+    now = [100.0]
+    remaining = Remaining(clock=lambda: now[0])
+    epoch = lambda n: EpochMetrics(n, 0.1, 1.0, 0.5, 1.0, 0.5, seconds=50.0)  # noqa: E731
+    assert remaining.after(epoch(3), 10) == 7 * 50.0  # a resumed run's first line: 7 to go
+    now[0] += 80.0  # an epoch of 50 s training plus its evaluation and the rest
+    assert remaining.after(epoch(4), 10) == 6 * 80.0
+    now[0] += 100.0
+    assert remaining.after(epoch(5), 10) == 5 * 90.0  # the mean since the first line
+    now[0] += 90.0
+    assert remaining.after(epoch(10), 10) is None  # the last epoch: nothing left
+    assert [duration(s) for s in (40, 89.4, 90, 14 * 60, 89 * 60, 90 * 60, 7560)] == [
+        "40 s", "89 s", "2 min", "14 min", "89 min", "1.5 h", "2.1 h",
+    ]  # fmt: skip
+
+
+def test_each_epoch_line_but_the_last_says_the_time_left(synthetic, capsys):
+    config = TrainConfig(max_lr=2e-3, **{**QUICK, "epochs": 3, "peak_epoch": 1})
+    fit(config, synthetic, callbacks=dataclasses.replace(console(), progress=False))
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch")]
+    assert [x[:11] for x in lines] == [f"epoch   {n}/3" for n in (1, 2, 3)]
+    assert [", about " in x and x.endswith(" left") for x in lines] == [True, True, False]
 
 
 def test_fit_steps_the_schedule_of_the_spec_and_records_every_step(synthetic):

@@ -96,11 +96,52 @@ def epoch_line(m: EpochMetrics, epochs: int) -> str:
     )
 
 
+def duration(seconds: float) -> str:
+    """A rounded span for a person: "40 s", "14 min", "2.1 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Remaining:
+    """The time left after an epoch line, from the wall clock between the lines shown.
+
+    The first line can only go by its own training seconds (its evaluation and whatever
+    came before it, data loading or the range test, are not an epoch's cost); from the
+    second on, the mean wall-clock time per epoch since the first, evaluation included.
+    A resumed run starts counting again. ``clock`` is for tests.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.first: tuple[int, float] | None = None  # (epoch, clock) of the first line
+
+    def after(self, m: EpochMetrics, epochs: int) -> float | None:
+        """Estimated seconds until epoch ``epochs`` ends; None after the last."""
+        now = self.clock()
+        if self.first is None:
+            self.first = (m.epoch, now)
+            per_epoch = m.seconds
+        else:
+            per_epoch = (now - self.first[1]) / (m.epoch - self.first[0])
+        return per_epoch * (epochs - m.epoch) if m.epoch < epochs else None
+
+
 def console(progress: bool = True) -> Callbacks:
-    """Callbacks for a terminal or notebook: progress bars and the epoch line (via tqdm)."""
+    """Callbacks for a terminal or notebook: progress bars and the epoch line (via tqdm),
+    which ends with the estimated time left (``Remaining``)."""
     if not progress:
         return Callbacks()
-    return Callbacks(progress=True, on_epoch=lambda m, epochs: tqdm.write(epoch_line(m, epochs)))
+    remaining = Remaining()
+
+    def on_epoch(m: EpochMetrics, epochs: int) -> None:
+        left = remaining.after(m, epochs)
+        tail = "" if left is None else f", about {duration(left)} left"
+        tqdm.write(epoch_line(m, epochs) + tail)
+
+    return Callbacks(progress=True, on_epoch=on_epoch)
 
 
 class StepMonitor:
