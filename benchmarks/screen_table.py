@@ -30,6 +30,10 @@ SCREEN = (
     ("+ frozen BatchNorm scales (CELU alpha 0.3)", "2026-12-07-cpu-screen-w0-25-frozen.json"),
     ("+ patch whitening", "2026-12-07-cpu-screen-w0-25-whiten.json"),
     ("+ peak LR 1.0 (from 0.4)", "2026-12-07-cpu-screen-w0-25-lr1.json"),
+    (
+        "+ EMA every 5 steps, LR held at a tenth (cutout kept)",
+        "2026-12-07-cpu-screen-w0-25-ema.json",
+    ),
     ("every trick: page-fast", "2026-12-07-cpu-screen-w0-25-page-fast.json"),
 )
 DOC = ROOT / "docs" / "results.md"
