@@ -65,6 +65,8 @@ def test_the_time_left_goes_by_the_first_epochs_training_then_by_the_wall_clock(
     assert remaining.after(epoch(5), 10) == 5 * 90.0  # the mean since the first line
     now[0] += 90.0
     assert remaining.after(epoch(10), 10) is None  # the last epoch: nothing left
+    now[0] += 5000.0
+    assert remaining.after(epoch(1), 10) == 9 * 50.0  # another run shown by the same callbacks
     assert [duration(s) for s in (40, 89.4, 90, 14 * 60, 89 * 60, 90 * 60, 7560)] == [
         "40 s", "89 s", "2 min", "14 min", "89 min", "1.5 h", "2.1 h",
     ]  # fmt: skip

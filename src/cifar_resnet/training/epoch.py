@@ -111,7 +111,8 @@ class Remaining:
     The first line can only go by its own training seconds (its evaluation and whatever
     came before it, data loading or the range test, are not an epoch's cost); from the
     second on, the mean wall-clock time per epoch since the first, evaluation included.
-    A resumed run starts counting again. ``clock`` is for tests.
+    A resumed run, or a second run shown by the same callbacks, starts counting again.
+    ``clock`` is for tests.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -121,7 +122,7 @@ class Remaining:
     def after(self, m: EpochMetrics, epochs: int) -> float | None:
         """Estimated seconds until epoch ``epochs`` ends; None after the last."""
         now = self.clock()
-        if self.first is None:
+        if self.first is None or m.epoch <= self.first[0]:  # the first line, or a new run
             self.first = (m.epoch, now)
             per_epoch = m.seconds
         else:
