@@ -28,6 +28,7 @@ from generated import ROOT, report, update
 from results_file import RESULTS, fail
 
 from cifar_resnet.config import PATH_FIELDS, TrainConfig, as_saved_run
+from cifar_resnet.records.records import duration
 
 # The full-width runs on the data as shipped: the README's rows and the figure's lines. A
 # recipe's results go in with one more name here (then make docs).
@@ -125,10 +126,6 @@ def digest(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"
-
-
 def row(runs: list[dict[str, Any]]) -> dict[str, str]:
     """One row's cells: accuracy, flip TTA, times, seeds, files."""
     first = runs[0]
@@ -147,7 +144,7 @@ def row(runs: list[dict[str, Any]]) -> dict[str, str]:
         "seeds": ", ".join(sorted(str(r.get("config", {}).get("seed", "?")) for r in runs)),
         "test accuracy": acc,
         "flip TTA": "not recorded" if None in tta else f"{statistics.fmean(tta):.2%}",
-        "training time": _minutes(statistics.fmean(r["train_seconds"] for r in runs)),
+        "training time": duration(statistics.fmean(r["train_seconds"] for r in runs)),
         "median epoch": f"{'/'.join(map(str, sorted(epochs)))} x "
         f"{statistics.median(epoch_seconds):.0f} s",
         "file": ", ".join(f"[`{f}`](benchmarks/results/{f})" for f in files),

@@ -13,10 +13,10 @@ from cifar_resnet.config import TrainConfig
 from cifar_resnet.data.splits import prepare_splits
 from cifar_resnet.errors import CheckpointError, ConfigError
 from cifar_resnet.inference.evaluation import evaluate
-from cifar_resnet.records.records import EpochMetrics
+from cifar_resnet.records.records import EpochMetrics, duration
 from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
-from cifar_resnet.training.epoch import Callbacks, Remaining, console, duration
+from cifar_resnet.training.epoch import Callbacks, Remaining, console
 from cifar_resnet.training.fit import fit
 from cifar_resnet.training.setup import build_model, build_optimizer
 

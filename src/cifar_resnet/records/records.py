@@ -166,6 +166,16 @@ class RunSummary:
 ACCURACY_TARGETS = (0.85, 0.90, 0.91, 0.92)  # the test accuracies time is measured to
 
 
+def duration(seconds: float) -> str:
+    """A rounded span for a person, as the epoch lines and the results table show it: "40 s",
+    "14 min", "2.1 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def time_to_accuracy(
     epochs: list[EpochMetrics], *, tta: bool = False, targets: tuple[float, ...] = ACCURACY_TARGETS
 ) -> dict[str, float | None]:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..data.splits import EpochLength
 from ..distributed import SINGLE_PROCESS, Dist
 from ..errors import TrainingDiverged
-from ..records.records import EpochMetrics
+from ..records.records import EpochMetrics, duration
 from ..runtime import Runtime
 from .profiling import PhaseTimer, no_lap
 
@@ -94,15 +94,6 @@ def epoch_line(m: EpochMetrics, epochs: int) -> str:
         f"train loss {m.train_loss:.4f} acc {m.train_acc:.2%}  "
         f"test loss {m.test_loss:.4f} acc {m.test_acc:.2%}{tta}  {m.seconds:.1f} s"
     )
-
-
-def duration(seconds: float) -> str:
-    """A rounded span for a person: "40 s", "14 min", "2.1 h"."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 class Remaining:
