@@ -5,14 +5,13 @@ Also how they refuse bad input (``fail``), one line and exit code 2 as the CLI d
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import platform
 import re
 import sys
 from pathlib import Path
 from typing import NoReturn
+
+from cifar_resnet.records.machine import machine  # one description of the CPU, as runs record it
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -28,33 +27,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def machine() -> dict:
-    """The CPU the figures were measured on: its name, logical cores and bf16 units.
-
-    Read from /proc/cpuinfo where it exists (the same torch build runs about 1.8x apart
-    on a Xeon with AMX and an EPYC without it, so a result names which it came from).
-    """
-    name, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:  # the first processor's "model name" comes before its "flags"
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    return {
-        "cpu": name,
-        "logical_cores": os.cpu_count(),
-        "amx_bf16": "amx_bf16" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-    }
-
-
 def write_result(result: dict, what: str, folder: str | Path = RESULTS) -> Path:
     """Write ``result`` (it names its ``date`` and ``device``) as pretty JSON; return the path.
 
-    The machine (``machine()``) is added to ``result`` after its device unless it names one.
+    The machine (``records.machine.machine()``) is added to ``result`` after its device
+    unless it names one.
     A file of that name already there is kept: the new one is ``<name>-2.json`` (``-3``...).
     """
     if "machine" not in result:

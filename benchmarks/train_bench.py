@@ -57,7 +57,31 @@ def _run_record(
         "config": config,
         "epochs": epochs,
         "final": final,
+        **_machines(epochs),
     }
+
+
+def _machines(epochs: list[dict]) -> dict[str, Any]:
+    """The machine the run trained on, from its epochs' own records.
+
+    ``machine``: the one that trained the most epochs (without the device the epochs add).
+    ``machines`` too, when the epochs name more than one or some name none (written before
+    epochs named it): each machine (None: not recorded) with the epochs it trained. When no
+    epoch names one, nothing: the results file's machine, the recording one, stands in.
+    """
+    if not any(e.get("machine") for e in epochs):
+        return {}
+    spans: list[dict[str, Any]] = []
+    for e in epochs:
+        m = e.get("machine")
+        m = None if m is None else {k: v for k, v in m.items() if k != "device"}
+        same = next((s for s in spans if s["machine"] == m), None)
+        if same is None:
+            spans.append(same := {"machine": m, "epochs": []})
+        same["epochs"].append(e["epoch"])
+    known = [s for s in spans if s["machine"] is not None]
+    most = max(known, key=lambda s: len(s["epochs"]))["machine"]
+    return {"machine": most} if len(spans) == 1 else {"machine": most, "machines": spans}
 
 
 def _times_to_accuracy(epochs: list[dict]) -> dict[str, Any]:
@@ -111,7 +135,7 @@ def _record(
 
 _RUN_KEYS = ("test_acc", "test_loss", "test_acc_per_epoch", "train_seconds",
              "images_per_second", "lr_source", "max_lr", "min_lr", "lr_finder", "config",
-             "epochs", "final")  # fmt: skip
+             "epochs", "final", "machines")  # fmt: skip
 
 
 def _results_file(name: str, results_dir: Path) -> Path:
@@ -138,12 +162,17 @@ def _finished_run(folder: str) -> Path:
 
 
 def _recorded_runs(path: Path) -> list[dict[str, Any]]:
-    """The runs of a results file, each with the file, machine and conditions it came from."""
+    """The runs of a results file, each with the file, machine and conditions it came from
+    (a run's own machine and conditions, where it names them, before the file's)."""
     result = json.loads(path.read_text())
     runs = result.get("runs") or [{k: result[k] for k in _RUN_KEYS if k in result}]
-    source = {k: result.get(k) for k in ("machine", "conditions")}
     return [
-        {**run, **_times_to_accuracy(run.get("epochs", [])), "recorded_in": path.name, **source}
+        {
+            **run,
+            **_times_to_accuracy(run.get("epochs", [])),
+            "recorded_in": path.name,
+            **{k: run.get(k) or result.get(k) for k in ("machine", "conditions")},
+        }
         for run in runs
     ]
 

@@ -141,6 +141,8 @@ def test_profile_splits_an_epoch_into_phases_and_lists_operators(data_dir, tmp_p
 
 
 def test_train_bench_records_each_seed_and_their_spread(data_dir, tmp_path):
+    from cifar_resnet.records.machine import machine
+
     result = _script("train_bench").main(
         ["--name", "tiny", "--seeds", "0", "1", "--data-dir", str(data_dir),
          "--cache-dir", str(tmp_path / "cache"), "--max-lr", "2e-3", *TINY_RUN,
@@ -154,6 +156,9 @@ def test_train_bench_records_each_seed_and_their_spread(data_dir, tmp_path):
     for seed, run in zip([0, 1], result["runs"], strict=True):
         final = json.loads((tmp_path / f"run-seed{seed}" / "final.json").read_text())
         assert run["final"] == final and final["seed"] == seed and final["test_images"] == 200
+        # every epoch names what trained it; one machine throughout is the run's machine
+        assert final["machine"] == run["machine"] == machine() and "machines" not in run
+        assert all(e["machine"] == {**machine(), "device": "cpu"} for e in run["epochs"])
     # the same two folders, recorded afterwards as finished runs, give the same figures
     again = _script("train_bench").main(
         ["--name", "tiny-again", "--from-run", str(tmp_path / "run-seed0"),
@@ -172,6 +177,46 @@ def test_train_bench_records_each_seed_and_their_spread(data_dir, tmp_path):
     )  # fmt: skip
     assert joined["seeds"] == [1, 0] and joined["runs"][1]["recorded_in"] == earlier.name
     assert joined["test_acc"]["mean"] == pytest.approx(result["test_acc"]["mean"])
+
+
+def test_a_run_resumed_on_another_machine_is_recorded_with_each_machines_epochs(tmp_path):
+    bench = _script("train_bench")
+    xeon, epyc = {"cpu": "Intel Xeon", "amx_bf16": True}, {"cpu": "AMD EPYC", "amx_bf16": False}
+    on = lambda m: None if m is None else {**m, "device": "cpu"}  # noqa: E731
+    epochs = [{"epoch": n, "machine": on(m)} for n, m in enumerate([None, xeon, epyc, epyc], 1)]
+    assert bench._machines(epochs) == {
+        "machine": epyc,  # the one that trained the most epochs
+        "machines": [
+            {"machine": None, "epochs": [1]},  # written before epochs named their machine
+            {"machine": xeon, "epochs": [2]},
+            {"machine": epyc, "epochs": [3, 4]},
+        ],
+    }
+    assert bench._machines(epochs[2:]) == {"machine": epyc}
+    assert bench._machines([{"epoch": 1}, {"epoch": 2}]) == {}  # the file's machine stands
+    # a results file holding runs of two machines keeps each run's own when read back
+    runs = [{"test_acc": 0.9, "machine": xeon}, {"test_acc": 0.8, "conditions": "alone"}]
+    path = tmp_path / "both.json"
+    path.write_text(json.dumps({"machine": epyc, "conditions": "file", "runs": runs}))
+    back = bench._recorded_runs(path)
+    assert [(r["machine"], r["conditions"]) for r in back] == [(xeon, "file"), (epyc, "alone")]
+
+
+def test_the_machine_is_read_from_cpuinfo(tmp_path):
+    from cifar_resnet.records.machine import describe, machine
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2 avx512_bf16\n\n"
+        "processor\t: 1\nmodel name\t: other\nflags\t\t: amx_bf16\n"
+    )
+    seen = machine(str(cpuinfo))
+    assert (seen["cpu"], seen["amx_bf16"], seen["avx512_bf16"]) == ("AMD EPYC 7B13", False, True)
+    assert machine(str(tmp_path / "absent"))["amx_bf16"] is False
+    assert describe(seen) == f"AMD EPYC 7B13, {seen['logical_cores']} logical cores, AVX512-BF16"
+    both = {"cpu": "Xeon", "logical_cores": 2, "amx_bf16": True, "avx512_bf16": True}
+    assert describe(both) == "Xeon, 2 logical cores, AMX-BF16 and AVX512-BF16"
+    assert describe({"cpu": "AMD EPYC"}) == "AMD EPYC, no bf16 units"
 
 
 @pytest.mark.parametrize("mistake", ["unfinished run", "missing results file"])

@@ -3,6 +3,7 @@ records it writes) and the builders of training/setup.py."""
 
 import dataclasses
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -11,11 +12,13 @@ from torch import nn
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.data.splits import prepare_splits
-from cifar_resnet.errors import CheckpointError, ConfigError
+from cifar_resnet.errors import CheckpointError, ConfigError, TrainingInterrupted
 from cifar_resnet.inference.evaluation import evaluate
+from cifar_resnet.records.checkpoint import load_checkpoint
 from cifar_resnet.records.records import EpochMetrics, duration
 from cifar_resnet.records.run_folder import RunFolder
 from cifar_resnet.runtime import resolve_runtime
+from cifar_resnet.training import fit as fit_module
 from cifar_resnet.training.epoch import Callbacks, Remaining, console
 from cifar_resnet.training.fit import fit
 from cifar_resnet.training.setup import build_model, build_optimizer
@@ -91,7 +94,6 @@ def test_fit_steps_the_schedule_of_the_spec_and_records_every_step(synthetic):
 
 def test_drop_last_skips_the_partial_batch_in_the_epoch_and_in_the_schedule(synthetic, tmp_path):
     from cifar_resnet.data.splits import train_batches
-    from cifar_resnet.records.checkpoint import load_checkpoint
 
     config = TrainConfig(max_lr=2e-3, min_lr=2e-4, drop_last=True, **{**QUICK, "batch_size": 160})
     runtime = resolve_runtime("cpu")
@@ -172,6 +174,31 @@ def test_limits_take_the_first_images_and_stats_come_from_the_train_split(synthe
     assert torch.equal(test.mean, train.mean)
 
 
+def test_a_run_resumed_on_another_machine_names_each_epochs_machine(
+    synthetic, tmp_path, monkeypatch
+):
+    def stop_after_first_epoch(metrics, epochs):
+        if metrics.epoch == 1:
+            signal.raise_signal(signal.SIGINT)  # the run checkpoints the epoch, then stops
+
+    config, run = TrainConfig(max_lr=2e-3, **QUICK), tmp_path / "run"
+    xeon, epyc = {"cpu": "Xeon", "amx_bf16": True}, {"cpu": "EPYC", "amx_bf16": False}
+    monkeypatch.setattr(fit_module, "machine", lambda: xeon)
+    with pytest.raises(TrainingInterrupted):
+        fit(
+            config,
+            synthetic,
+            run=RunFolder(run),
+            callbacks=Callbacks(on_epoch=stop_after_first_epoch),
+        )
+    monkeypatch.setattr(fit_module, "machine", lambda: epyc)  # resumed elsewhere
+    state = load_checkpoint(run)
+    fit(config, synthetic, run=RunFolder(run, resume=True), resume=state, progress=False)
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["machine"] for m in lines] == [{**xeon, "device": "cpu"}, {**epyc, "device": "cpu"}]
+    assert json.loads((run / "final.json").read_text())["machine"] == epyc
+
+
 def test_run_folder_holds_config_metrics_checkpoint_and_final(synthetic, tmp_path):
     config = TrainConfig(max_lr=2e-3, ema_decay=0.0, **QUICK)  # the saved model is the raw one
     history = fit(config, synthetic, run=RunFolder(tmp_path / "run"), progress=False)
@@ -182,7 +209,8 @@ def test_run_folder_holds_config_metrics_checkpoint_and_final(synthetic, tmp_pat
     lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
     keys = {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
-    assert all(set(m) == keys for m in lines)
+    assert all(set(m) == keys | {"machine"} for m in lines)
+    assert all(m["machine"]["device"] == "cpu" and m["machine"]["cpu"] for m in lines)
     assert all(0 <= m["train_acc"] <= 1 and 0 <= m["test_acc"] <= 1 for m in lines)
     final = json.loads((run / "final.json").read_text())
     for key in (
@@ -192,6 +220,7 @@ def test_run_folder_holds_config_metrics_checkpoint_and_final(synthetic, tmp_pat
         "train_seconds",
         "images_per_second",
         "device",
+        "machine",
         "params",
         "seed",
         "max_lr",
@@ -493,7 +522,6 @@ def test_the_ema_follows_recent_weights_first_then_decays_at_its_rate():
 
 def test_an_ema_run_evaluates_and_saves_the_averaged_weights(synthetic, tmp_path):
     from cifar_resnet.inference.predict import model_from_checkpoint
-    from cifar_resnet.records.checkpoint import load_checkpoint
 
     config = TrainConfig(max_lr=2e-3, ema_decay=0.9, **QUICK)
     history = fit(config, synthetic, run=RunFolder(tmp_path / "run"), progress=False)
@@ -547,7 +575,6 @@ def test_a_page_recipe_run_records_its_recipe_and_tta_accuracy(synthetic, tmp_pa
 
 def test_pages_pooling_order_trains_records_and_reloads_as_it_ran(synthetic, tmp_path):
     from cifar_resnet.inference.predict import model_from_checkpoint
-    from cifar_resnet.records.checkpoint import load_checkpoint
 
     config = TrainConfig(recipe="page", pool_after_relu=True, **QUICK)
     assert all(
@@ -607,7 +634,6 @@ def test_page_fast_trains_with_its_tricks_and_reloads_as_it_ran(synthetic, tmp_p
     weights' at every step, the EMA updated every 5 steps, the LR held at a tenth of the
     peak over the last epoch; the saved model predicts as the trained one."""
     from cifar_resnet.inference.predict import model_from_checkpoint
-    from cifar_resnet.records.checkpoint import load_checkpoint
 
     config = TrainConfig(recipe="page-fast", width=0.125, batch_size=64, epochs=3,
                          peak_epoch=1, hold_epochs=1, ghost_batch=16, device="cpu")  # fmt: skip

@@ -201,6 +201,8 @@ def test_summary_config_timings_and_device(page, results, run_dir):
     assert "<th>lr_source</th><td>found</td>" in page
     assert f"<th>finder_num_iter</th><td>{config['finder_num_iter']}</td>" in page
     assert f"<th>device</th><td>{final['device']}</td>" in page
+    cpu, cores = final["machine"]["cpu"], final["machine"]["logical_cores"]
+    assert re.search(f"<th>machine</th><td>{re.escape(cpu)}, {cores} logical cores, ", page)
     assert f"<th>precision</th><td>{final['precision']}</td>" in page
     assert config["precision"] == final["precision"] in ("fp32", "bf16")  # resolved, not auto
     assert f"{final['train_seconds']:.1f} s" in page

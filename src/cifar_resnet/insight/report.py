@@ -53,6 +53,7 @@ from ..plots import (
 )
 from ..records.folder_lock import FolderLock
 from ..records.layout import FINAL, LR_FINDER_JSON, REPORT
+from ..records.machine import describe
 from ..records.records import LRFinderResult, RunSettings
 from ..records.run_folder import RunRecord
 from ..runtime import Runtime
@@ -421,10 +422,10 @@ def _kv_table(values: Mapping[str, Any]) -> str:
 
 def _overview(r: RunResults, accuracy: float, n_wrong: int) -> str:
     f = r.final
-    keys = ("device", "precision", "torch", "params", "train_seconds", "total_seconds",
+    keys = ("device", "machine", "precision", "torch", "params", "train_seconds", "total_seconds",
             "images_per_second", "max_lr", "min_lr", "lr_source", "batch_size", "width", "norm",
             "seed", "train_images", "test_images", "data")  # fmt: skip
-    shown = {k: f[k] for k in keys if k in f}
+    shown = {k: describe(f[k]) if k == "machine" else f[k] for k in keys if k in f}
     extra = {k: v for k, v in f.items() if k not in shown and k not in ("classes", "mean", "std")}
     note = (
         ""

@@ -108,12 +108,17 @@ class EpochMetrics:
     seconds: float  # training time of the epoch (evaluation excluded)
     test_loss_tta: float | None = None  # with flip TTA, when the run measures it
     test_acc_tta: float | None = None  # the same with flip TTA
+    # What trained the epoch: the CPU (cpu, logical_cores, amx_bf16, avx512_bf16) and the
+    # device ("cpu", "cuda (...)"); a run resumed elsewhere shows it. None: not recorded.
+    machine: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON line; the TTA keys only when measured."""
+        """The JSON line; the TTA keys only when measured, the machine only when known."""
         out = dataclasses.asdict(self)
         if self.test_acc_tta is None:
             del out["test_loss_tta"], out["test_acc_tta"]
+        if self.machine is None:
+            del out["machine"]
         return out
 
     @classmethod
@@ -138,6 +143,7 @@ class RunSummary:
     test_images: int  # images in the test split (after --limit-test)
     steps_per_epoch: int  # optimizer steps in each epoch (the last batch kept unless drop_last)
     device: str  # what trained, e.g. "cuda (NVIDIA A100-SXM4-40GB)"
+    machine: dict[str, Any]  # the CPU that finished it: cpu, logical_cores, amx_bf16, avx512_bf16
     precision: str  # fp32, bf16 or fp16 (autocast)
     processes: int  # training processes (more than 1 under torchrun)
     compile_seconds: float | None  # torch.compile's seconds before epoch 1 (--compile)

@@ -40,6 +40,7 @@ from ..errors import ConfigError, TrainingInterrupted
 from ..inference.evaluation import evaluate
 from ..model.custom_resnet import count_parameters
 from ..records.checkpoint import resumed_config
+from ..records.machine import machine
 from ..records.records import (
     EpochMetrics,
     LRFinderResult,
@@ -324,6 +325,7 @@ def _evaluate_epoch(t: Training, epoch: int, result: EpochResult) -> EpochMetric
         epoch=epoch, lr=result.lrs[-1], train_loss=result.loss, train_acc=result.acc,
         test_loss=ev.loss, test_acc=ev.acc, seconds=result.seconds,
         test_loss_tta=ev.tta_loss, test_acc_tta=ev.tta_acc,
+        machine={**machine(), "device": t.setup.runtime.describe()},
     )  # fmt: skip
 
 
@@ -356,7 +358,8 @@ def _summary(t: Training, total_seconds: float, *, resumed: bool) -> RunSummary:
         total_seconds=total_seconds,
         images_per_second=s.epoch.images * config.epochs / t.train_seconds,
         train_images=len(s.train), test_images=len(s.test), steps_per_epoch=s.epoch.steps,
-        device=s.runtime.describe(), precision=s.runtime.precision, processes=t.dist.world,
+        device=s.runtime.describe(), machine=machine(), precision=s.runtime.precision,
+        processes=t.dist.world,
         compile_seconds=t.compile_seconds, torch=torch.__version__,
         params=count_parameters(s.model), lr_source=t.lrs.source, resumed=resumed,
         data=s.data.source, mean=s.train.mean.tolist(), std=s.train.std.tolist(),
