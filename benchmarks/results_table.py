@@ -36,6 +36,7 @@ HEADLINE = (
     "2026-12-04-cpu-spec-w1-ema-ls.json",
     "2026-12-04-cpu-page-w1.json",
     "2026-12-05-cpu-page-dawn-w1-2.json",
+    "2026-12-08-cpu-page-fast-w1.json",
 )
 README = ROOT / "README.md"
 BLOCK = "results-table"
